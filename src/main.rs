@@ -1,0 +1,101 @@
+//! The `promptledger` binary: a thin CLI over the library. Only this file and `src/cli/` read
+//! flags and environment variables.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "promptledger",
+    version,
+    about = "The operational record for LLM prompts: a signed, hash-chained, Merkle-proven log.",
+    after_help = "Examples:\n  promptledger init --data-dir ./promptledger-data\n  promptledger verify --data-dir ./promptledger-data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new ledger: ledger id, ledger key, first admin key and the genesis entry.
+    #[command(after_help = "Example:\n  promptledger init --data-dir ./promptledger-data")]
+    Init {
+        /// Where the ledger lives.
+        #[arg(
+            long,
+            env = "PROMPTLEDGER_DATA_DIR",
+            default_value = "promptledger-data"
+        )]
+        data_dir: PathBuf,
+    },
+    /// Verify a ledger offline and read-only: every entry, chain link, actor signature, Merkle
+    /// node and the signed checkpoint. Exit code 0 only if everything verifies.
+    #[command(
+        after_help = "Exit codes: 0 verified, 1 verification failed, 2 usage or I/O error.\n\nExample:\n  promptledger verify --data-dir ./promptledger-data --ledger-key \"$(cat ledger.pub)\""
+    )]
+    Verify {
+        #[arg(
+            long,
+            env = "PROMPTLEDGER_DATA_DIR",
+            default_value = "promptledger-data"
+        )]
+        data_dir: PathBuf,
+        /// The ledger's verifier key to trust (default: DATA_DIR/ledger.pub).
+        #[arg(long)]
+        ledger_key: Option<String>,
+    },
+    /// Append signed test entries under load, printing each acknowledged sequence number
+    /// (crash tests and demos).
+    #[command(hide = true)]
+    Load {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Concurrent submitters.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Stop after this many entries (default: never).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Payload bytes per entry.
+        #[arg(long, default_value_t = 256)]
+        payload: usize,
+    },
+    /// Benchmarks of the ledger core (see tools/bench-ledger.sh).
+    #[command(hide = true)]
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init { data_dir } => cli::init(&data_dir),
+        Command::Verify {
+            data_dir,
+            ledger_key,
+        } => cli::verify(&data_dir, ledger_key.as_deref()),
+        Command::Load {
+            data_dir,
+            writers,
+            count,
+            payload,
+        } => cli::load(&data_dir, writers, count, payload),
+        Command::Bench(args) => cli::bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Whole-ledger operations shared by the CLI, the server and the tests: creating a ledger in a
+//! data directory, opening it, and verifying it offline.
+//!
+//! A data directory holds:
+//!
+//! ```text
+//! DIR/db/            RocksDB (entries, Merkle nodes, metadata, ...)
+//! DIR/ledger.pub     the ledger's verifier key (public; what auditors trust)
+//! DIR/keys/ledger.key  the ledger's signer key (0600; signs checkpoints)
+//! DIR/keys/admin.key   the first administrator's signer key (0600; move it somewhere safe)
+//! ```
+
+use crate::keyfile::{self, KeyFileError};
+use crate::ledger::dsse::Envelope;
+use crate::ledger::entry::LedgerId;
+use crate::ledger::entry::FORMAT_VERSION;
+use crate::ledger::keys::{KeyError, KeyPair, PublicKey};
+use crate::ledger::verify::{self, Observers, Verified, VerifyError};
+use crate::registry::keyring::ActorKeyring;
+use crate::registry::statement::{Action, Statement, STATEMENT_PAYLOAD_TYPE};
+use crate::storage::writer::{Ledger, Personality, RawLog, WriterConfig};
+use crate::storage::{LedgerInfo, Store, StoreError};
+use rand_core::{OsRng, RngCore};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Environment variable that may hold the ledger's signer key instead of `DIR/keys/ledger.key`.
+pub const LEDGER_KEY_ENV: &str = "PROMPTLEDGER_LEDGER_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error("ledger key: {0}")]
+    LedgerKey(KeyError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the ledger has no checkpoint yet (no entry was ever committed)")]
+    NoCheckpoint,
+    #[error("checkpoint at tree size {size}: {source}")]
+    Checkpoint { size: u64, source: VerifyError },
+    #[error(transparent)]
+    Verify(VerifyError),
+    #[error("the genesis entry could not be written: {0}")]
+    Genesis(String),
+}
+
+impl NodeError {
+    /// The sequence number a verification failure concerns, if any.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            NodeError::Verify(e) => e.seq(),
+            NodeError::Checkpoint { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+}
+
+/// Paths inside a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+    pub fn ledger_pub(&self) -> PathBuf {
+        self.root.join("ledger.pub")
+    }
+    pub fn ledger_key(&self) -> PathBuf {
+        self.root.join("keys").join("ledger.key")
+    }
+    pub fn admin_key(&self) -> PathBuf {
+        self.root.join("keys").join("admin.key")
+    }
+    pub fn is_initialized(&self) -> bool {
+        self.db().join("CURRENT").exists()
+    }
+}
+
+/// What `init` created.
+#[derive(Debug)]
+pub struct InitReport {
+    pub ledger_id: LedgerId,
+    pub origin: String,
+    pub ledger_vkey: String,
+    pub admin_vkey: String,
+    pub admin_key_path: PathBuf,
+    pub genesis_checkpoint: Vec<u8>,
+}
+
+/// Creates a new ledger in `dir`: ledger id, ledger key, first admin key, genesis entry.
+pub fn init(dir: &DataDir, now_ms: u64) -> Result<InitReport, NodeError> {
+    if dir.is_initialized() {
+        return Err(StoreError::AlreadyInitialized(dir.root.clone()).into());
+    }
+    let mut id = [0u8; 16];
+    OsRng.fill_bytes(&mut id);
+    let ledger_id = LedgerId(id);
+    let origin = format!("promptledger/{}", ledger_id.to_hex());
+    let ledger_key = KeyPair::generate(&origin, &mut OsRng).map_err(NodeError::LedgerKey)?;
+    let admin_key = KeyPair::generate("admin", &mut OsRng).map_err(NodeError::LedgerKey)?;
+
+    keyfile::write_key(&dir.ledger_key(), &ledger_key)?;
+    keyfile::write_key(&dir.admin_key(), &admin_key)?;
+    let ledger_vkey = ledger_key.public().to_vkey();
+    std::fs::write(dir.ledger_pub(), format!("{ledger_vkey}\n")).map_err(|source| {
+        NodeError::Io {
+            path: dir.ledger_pub(),
+            source,
+        }
+    })?;
+
+    let store = Arc::new(Store::create(&dir.db())?);
+    store.put_ledger_info(&LedgerInfo {
+        ledger_id: ledger_id.to_hex(),
+        origin: origin.clone(),
+        ledger_vkey: ledger_vkey.clone(),
+        format_version: FORMAT_VERSION,
+    })?;
+    let statement = Statement {
+        ledger_id: ledger_id.to_hex(),
+        actor: admin_key.name().to_owned(),
+        issued_at_ms: now_ms,
+        nonce: random_nonce(),
+        action: Action::Genesis {
+            origin: origin.clone(),
+            ledger_key: ledger_vkey.clone(),
+            admin_key: admin_key.public().to_vkey(),
+        },
+    };
+    let envelope = Envelope::sign(
+        STATEMENT_PAYLOAD_TYPE,
+        statement.to_payload(),
+        admin_key.key_id().as_str(),
+        admin_key.signing_key(),
+    );
+    let ledger = Ledger::open(store, ledger_key, RawLog, WriterConfig::default())?;
+    let receipt = ledger
+        .appender()
+        .submit_blocking(envelope)
+        .map_err(|e| NodeError::Genesis(e.to_string()))?;
+    ledger.close();
+    Ok(InitReport {
+        ledger_id,
+        origin,
+        ledger_vkey,
+        admin_vkey: admin_key.public().to_vkey(),
+        admin_key_path: dir.admin_key(),
+        genesis_checkpoint: receipt.checkpoint.to_vec(),
+    })
+}
+
+/// 16 random bytes, hex.
+pub fn random_nonce() -> String {
+    let mut nonce = [0u8; 16];
+    OsRng.fill_bytes(&mut nonce);
+    hex::encode(nonce)
+}
+
+/// The ledger's signer key: `$PROMPTLEDGER_LEDGER_KEY` if set, else `DIR/keys/ledger.key`.
+pub fn ledger_signer(dir: &DataDir) -> Result<KeyPair, NodeError> {
+    Ok(keyfile::load_key(Some(&dir.ledger_key()), LEDGER_KEY_ENV)?)
+}
+
+/// Opens the ledger in `dir` for appending, with the given personality.
+pub fn open<P: Personality>(
+    dir: &DataDir,
+    personality: P,
+    config: WriterConfig,
+) -> Result<Ledger<P>, NodeError> {
+    let key = ledger_signer(dir)?;
+    let store = Arc::new(Store::open(&dir.db())?);
+    Ok(Ledger::open(store, key, personality, config)?)
+}
+
+/// The ledger's public key: `vkey` if given, else `DIR/ledger.pub`.
+pub fn ledger_public_key(dir: &DataDir, vkey: Option<&str>) -> Result<PublicKey, NodeError> {
+    let text = match vkey {
+        Some(v) => v.to_owned(),
+        None => std::fs::read_to_string(dir.ledger_pub()).map_err(|source| NodeError::Io {
+            path: dir.ledger_pub(),
+            source,
+        })?,
+    };
+    PublicKey::from_vkey(text.trim()).map_err(NodeError::LedgerKey)
+}
+
+/// Verifies the whole ledger in `dir`, read-only: every entry, link and signature, every stored
+/// Merkle node, and the stored checkpoint against the ledger's public key. `progress` gets
+/// `(checked, total)`.
+pub fn verify_dir(
+    dir: &DataDir,
+    ledger_vkey: Option<&str>,
+    progress: Option<&mut dyn FnMut(u64, u64)>,
+) -> Result<Verified, NodeError> {
+    let key = ledger_public_key(dir, ledger_vkey)?;
+    let store = Store::open_read_only(&dir.db())?;
+    verify_store(&store, &key, progress)
+}
+
+/// [`verify_dir`] on an open store.
+pub fn verify_store(
+    store: &Store,
+    key: &PublicKey,
+    progress: Option<&mut dyn FnMut(u64, u64)>,
+) -> Result<Verified, NodeError> {
+    let head = store.head()?;
+    let note = store.checkpoint()?.ok_or(NodeError::NoCheckpoint)?;
+    let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
+    let mut node_check = |id, hash: &[u8; 32]| -> Result<(), String> {
+        match crate::ledger::merkle::NodeReader::node(store, id) {
+            Ok(stored) if &stored == hash => Ok(()),
+            Ok(_) => Err("hash differs".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let mut progress_total = progress.map(|p| move |n: u64| p(n, head.size));
+    let observers = Observers {
+        progress: progress_total.as_mut().map(|p| p as &mut dyn FnMut(u64)),
+        node: Some(&mut node_check),
+    };
+    let mut keyring = ActorKeyring::new();
+    verify::verify_log(entries, key, &note, &mut keyring, observers).map_err(|e| match e {
+        VerifyError::Checkpoint(_) | VerifyError::RootMismatch { .. } => NodeError::Checkpoint {
+            size: head.size,
+            source: e,
+        },
+        other => NodeError::Verify(other),
+    })
+}
