@@ -3,7 +3,10 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/promptledger/ledger/v1/ledger.proto"];
+const PROTOS: &[&str] = &[
+    "proto/promptledger/ledger/v1/ledger.proto",
+    "proto/promptledger/registry/v1/registry.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

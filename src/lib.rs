@@ -7,16 +7,23 @@
 //!   RocksDB, tonic, NATS or clock inside (a test enforces it).
 //! - [`storage`]: RocksDB column families, the atomic synced commit, and the single
 //!   group-committing writer, generic over a [`storage::writer::Personality`].
-//! - [`registry`]: the prompt registry personality: signed statements and the actor keyring.
+//! - [`registry`]: the prompt registry personality: signed statements (the domain events), the
+//!   pure projection (`decide`, `apply`, state root), the replaying keyring, the read view.
 //! - [`keyfile`]: key files and key environment variables.
-//! - [`node`]: whole-ledger operations the CLI and the server share (`init`, `verify`).
+//! - [`node`]: whole-ledger operations the CLI and the server share (`init`, `verify`,
+//!   `rebuild`).
+//! - [`server`]: the gRPC server (`serve(config, listener, shutdown)`), authentication, and the
+//!   one mapping of errors to gRPC status codes.
+//! - [`client`]: a Rust client that signs statements and manages read sessions.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these.
 
+pub mod client;
 pub mod keyfile;
 pub mod ledger;
 pub mod node;
 pub mod registry;
+pub mod server;
 pub mod storage;
 
 /// Generated protobuf and gRPC code (`proto/`).
@@ -24,6 +31,11 @@ pub mod proto {
     pub mod ledger {
         pub mod v1 {
             tonic::include_proto!("promptledger.ledger.v1");
+        }
+    }
+    pub mod registry {
+        pub mod v1 {
+            tonic::include_proto!("promptledger.registry.v1");
         }
     }
     /// Encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.

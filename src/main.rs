@@ -48,6 +48,22 @@ enum Command {
         #[arg(long)]
         ledger_key: Option<String>,
     },
+    /// Run the gRPC server (registry, ledger, health, reflection). Creates the ledger on first
+    /// start. Settings: flags, then PROMPTLEDGER_* environment, then --config FILE (TOML).
+    #[command(
+        after_help = "Examples:\n  promptledger serve\n  promptledger serve --listen 0.0.0.0:50051 --data-dir /var/lib/promptledger\n  promptledger serve --config promptledger.toml"
+    )]
+    Serve(cli::ServeArgs),
+    /// Replay the whole log into a fresh projection and check that its state root equals the
+    /// stored projection's and the signed checkpoint's. Exit 0 only if all agree.
+    Rebuild {
+        #[arg(
+            long,
+            env = "PROMPTLEDGER_DATA_DIR",
+            default_value = "promptledger-data"
+        )]
+        data_dir: PathBuf,
+    },
     /// Append signed test entries under load, printing each acknowledged sequence number
     /// (crash tests and demos).
     #[command(hide = true)]
@@ -90,6 +106,8 @@ fn main() -> ExitCode {
             payload,
         } => cli::load(&data_dir, writers, count, payload),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Serve(args) => cli::serve(args),
+        Command::Rebuild { data_dir } => cli::rebuild(&data_dir),
     };
     match result {
         Ok(code) => code,

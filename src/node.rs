@@ -15,12 +15,15 @@ use crate::ledger::dsse::Envelope;
 use crate::ledger::entry::LedgerId;
 use crate::ledger::entry::FORMAT_VERSION;
 use crate::ledger::keys::{KeyError, KeyPair, PublicKey};
+use crate::ledger::merkle::Hash;
 use crate::ledger::verify::{self, Observers, Verified, VerifyError};
-use crate::registry::keyring::ActorKeyring;
+use crate::registry::keyring::RegistryKeyring;
+use crate::registry::personality::{Registry, Submission};
 use crate::registry::statement::{Action, Statement, STATEMENT_PAYLOAD_TYPE};
-use crate::storage::writer::{Ledger, Personality, RawLog, WriterConfig};
+use crate::storage::writer::{Ledger, Personality, WriterConfig};
 use crate::storage::{LedgerInfo, Store, StoreError};
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,6 +49,8 @@ pub enum NodeError {
     Checkpoint { size: u64, source: VerifyError },
     #[error(transparent)]
     Verify(VerifyError),
+    #[error("checkpoint at tree size {size}: the signed state root does not match the projection replayed from the log")]
+    StateRootMismatch { size: u64 },
     #[error("the genesis entry could not be written: {0}")]
     Genesis(String),
 }
@@ -55,7 +60,9 @@ impl NodeError {
     pub fn seq(&self) -> Option<u64> {
         match self {
             NodeError::Verify(e) => e.seq(),
-            NodeError::Checkpoint { size, .. } => Some(*size),
+            NodeError::Checkpoint { size, .. } | NodeError::StateRootMismatch { size } => {
+                Some(*size)
+            }
             _ => None,
         }
     }
@@ -139,16 +146,24 @@ pub fn init(dir: &DataDir, now_ms: u64) -> Result<InitReport, NodeError> {
             admin_key: admin_key.public().to_vkey(),
         },
     };
+    let payload = statement.to_payload();
     let envelope = Envelope::sign(
         STATEMENT_PAYLOAD_TYPE,
-        statement.to_payload(),
+        payload.clone(),
         admin_key.key_id().as_str(),
         admin_key.signing_key(),
     );
-    let ledger = Ledger::open(store, ledger_key, RawLog, WriterConfig::default())?;
+    let registry = Registry::load(&store)?;
+    let ledger = Ledger::open(store, ledger_key, registry, WriterConfig::default())?;
+    let submission = Submission {
+        envelope,
+        statement,
+        signer: admin_key.key_id().to_string(),
+        payload_hash: Sha256::digest(&payload).into(),
+    };
     let receipt = ledger
         .appender()
-        .submit_blocking(envelope)
+        .submit_blocking(submission)
         .map_err(|e| NodeError::Genesis(e.to_string()))?;
     ledger.close();
     Ok(InitReport {
@@ -230,12 +245,61 @@ pub fn verify_store(
         progress: progress_total.as_mut().map(|p| p as &mut dyn FnMut(u64)),
         node: Some(&mut node_check),
     };
-    let mut keyring = ActorKeyring::new();
-    verify::verify_log(entries, key, &note, &mut keyring, observers).map_err(|e| match e {
-        VerifyError::Checkpoint(_) | VerifyError::RootMismatch { .. } => NodeError::Checkpoint {
-            size: head.size,
-            source: e,
-        },
-        other => NodeError::Verify(other),
+    let mut keyring = RegistryKeyring::new();
+    let verified =
+        verify::verify_log(entries, key, &note, &mut keyring, observers).map_err(|e| match e {
+            VerifyError::Checkpoint(_) | VerifyError::RootMismatch { .. } => {
+                NodeError::Checkpoint {
+                    size: head.size,
+                    source: e,
+                }
+            }
+            other => NodeError::Verify(other),
+        })?;
+    // The projection replayed from the log alone must match the state root the ledger signed.
+    if let Some(signed) = verified.checkpoint.state_root() {
+        if signed != keyring.state().state_root() {
+            return Err(NodeError::StateRootMismatch {
+                size: verified.checkpoint.size,
+            });
+        }
+    }
+    Ok(verified)
+}
+
+/// What `rebuild` found.
+#[derive(Debug)]
+pub struct RebuildReport {
+    pub entries: u64,
+    /// State root of the projection replayed from the log alone.
+    pub replayed: Hash,
+    /// State root of the projection stored beside the log.
+    pub stored: Hash,
+    /// State root in the latest checkpoint, if the last commit wrote one.
+    pub signed: Option<Hash>,
+}
+
+impl RebuildReport {
+    pub fn consistent(&self) -> bool {
+        self.replayed == self.stored && self.signed.is_none_or(|s| s == self.replayed)
+    }
+}
+
+/// Replays the whole log into a fresh projection (verifying it on the way) and compares its
+/// state root with the stored projection's and the signed checkpoint's.
+pub fn rebuild(dir: &DataDir) -> Result<RebuildReport, NodeError> {
+    let key = ledger_public_key(dir, None)?;
+    let store = Store::open_read_only(&dir.db())?;
+    let note = store.checkpoint()?.ok_or(NodeError::NoCheckpoint)?;
+    let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
+    let mut keyring = RegistryKeyring::new();
+    let verified = verify::verify_log(entries, &key, &note, &mut keyring, Observers::default())
+        .map_err(NodeError::Verify)?;
+    let stored = Registry::load(&store)?.state().state_root();
+    Ok(RebuildReport {
+        entries: verified.checkpoint.size,
+        replayed: keyring.state().state_root(),
+        stored,
+        signed: verified.checkpoint.state_root(),
     })
 }

@@ -10,7 +10,7 @@ use promptledger::ledger::dsse::Envelope;
 use promptledger::node::{self, DataDir};
 use promptledger::storage::writer::{system_clock_ms, RawLog, WriterConfig};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub fn init(data_dir: &Path) -> Result<ExitCode> {
@@ -130,4 +130,137 @@ pub fn load(
     })?;
     ledger.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `serve` flags; each also reads a `PROMPTLEDGER_*` environment variable.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "PROMPTLEDGER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long, env = "PROMPTLEDGER_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Ledger data directory [default: promptledger-data].
+    #[arg(long, env = "PROMPTLEDGER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest statement payload in bytes [default: 1048576].
+    #[arg(long, env = "PROMPTLEDGER_MAX_PAYLOAD_BYTES")]
+    max_payload_bytes: Option<usize>,
+    /// Allowed clock skew of statements, seconds [default: 300].
+    #[arg(long, env = "PROMPTLEDGER_CLOCK_SKEW_SECS")]
+    clock_skew_secs: Option<u64>,
+    /// Read session lifetime, seconds [default: 900].
+    #[arg(long, env = "PROMPTLEDGER_SESSION_TTL_SECS")]
+    session_ttl_secs: Option<u64>,
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, env = "PROMPTLEDGER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "PROMPTLEDGER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Defaults, overridden by the file, overridden by environment and flags.
+    fn config(self) -> Result<promptledger::server::Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => promptledger::server::Config::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.max_payload_bytes {
+            c.max_payload_bytes = v;
+        }
+        if let Some(v) = self.clock_skew_secs {
+            c.clock_skew_secs = v;
+        }
+        if let Some(v) = self.session_ttl_secs {
+            c.session_ttl_secs = v;
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            c.tls_key = self.tls_key;
+        }
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        eprintln!(
+            "promptledger listening on {} (data in {})",
+            listener.local_addr()?,
+            config.data_dir.display()
+        );
+        promptledger::server::serve(config, listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests and commits");
+}
+
+pub fn rebuild(data_dir: &Path) -> Result<ExitCode> {
+    let report = node::rebuild(&DataDir::new(data_dir))?;
+    println!("replayed {} entries", report.entries);
+    println!(
+        "state root (replayed from the log): {}",
+        hex::encode(report.replayed)
+    );
+    println!(
+        "state root (stored projection):     {}",
+        hex::encode(report.stored)
+    );
+    match report.signed {
+        Some(s) => println!("state root (latest checkpoint):     {}", hex::encode(s)),
+        None => println!("state root (latest checkpoint):     none (last commit carried none)"),
+    }
+    if report.consistent() {
+        println!("consistent");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("MISMATCH: the projection is not what the log implies");
+        Ok(ExitCode::from(1))
+    }
 }

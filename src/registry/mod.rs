@@ -4,4 +4,7 @@
 //! the keyring that follows which actor keys may sign at each point of the log.
 
 pub mod keyring;
+pub mod model;
+pub mod personality;
+pub mod state;
 pub mod statement;

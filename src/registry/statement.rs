@@ -1,16 +1,19 @@
 //! Signed statements: what an actor asks the ledger to record, as the JSON payload of a DSSE
-//! envelope with payload type [`STATEMENT_PAYLOAD_TYPE`].
+//! envelope with payload type [`STATEMENT_PAYLOAD_TYPE`]. Every accepted statement is one
+//! ledger entry: the statements *are* the domain events.
 //!
 //! The payload bytes are stored exactly as the actor signed them, so their JSON spelling
 //! (field order, whitespace) never matters to verification; it only has to parse.
 
+use super::model::{Environment, Role};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// DSSE payload type of PromptLedger statements.
 pub const STATEMENT_PAYLOAD_TYPE: &str = "application/vnd.promptledger.statement.v1+json";
 
 /// A request signed by an actor.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Statement {
     /// Hex ledger id: a statement is only valid on the ledger it names.
@@ -24,8 +27,8 @@ pub struct Statement {
     pub action: Action,
 }
 
-/// What the statement asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the statement asks for. The `type` tag names the event kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// Entry 0 of every ledger: creates it and its first administrator.
@@ -37,6 +40,106 @@ pub enum Action {
         /// The first administrator's verifier key; it signs this statement.
         admin_key: String,
     },
+    /// Asks for a read session token. Never appended to the log.
+    OpenSession {},
+    /// Registers an actor (person, CI pipeline, service) with a key and roles. Admin only.
+    RegisterActor {
+        name: String,
+        key: String,
+        roles: Vec<Role>,
+    },
+    /// Replaces an actor's key; the old key stops being valid at this entry.
+    RotateKey { name: String, new_key: String },
+    /// Revokes an actor and all its keys from this entry on.
+    RevokeActor { name: String, reason: String },
+    /// Creates an empty prompt.
+    CreatePrompt { prompt: String, description: String },
+    /// Commits a new version of a prompt on top of `parent_version` (absent for the first).
+    CommitVersion {
+        prompt: String,
+        parent_version: Option<u64>,
+        template: String,
+        model: String,
+        parameters: BTreeMap<String, serde_json::Value>,
+        variables: Vec<String>,
+        message: String,
+        /// `sha256:<hex>` of the canonical content; see [`super::model::content_hash`].
+        content_hash: String,
+    },
+    /// A CI system records an evaluation result for an exact content hash.
+    RecordEvaluation {
+        prompt: String,
+        version: u64,
+        content_hash: String,
+        suite: String,
+        score: f64,
+        threshold: f64,
+        passed: bool,
+        evaluator: String,
+        evidence_digest: String,
+        evidence_uri: String,
+    },
+    /// Approves a version (by content hash) for an environment.
+    ApproveVersion {
+        prompt: String,
+        version: u64,
+        content_hash: String,
+        environment: Environment,
+    },
+    /// Withdraws an earlier approval.
+    RevokeApproval {
+        prompt: String,
+        version: u64,
+        environment: Environment,
+        reason: String,
+    },
+    /// Makes a version live in an environment.
+    PromoteVersion {
+        prompt: String,
+        version: u64,
+        environment: Environment,
+    },
+    /// Puts back a version that was live in the environment before.
+    RollbackPrompt {
+        prompt: String,
+        version: u64,
+        environment: Environment,
+        reason: String,
+    },
+}
+
+impl Action {
+    /// The event kind, as in the JSON `type` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Genesis { .. } => "genesis",
+            Action::OpenSession {} => "open_session",
+            Action::RegisterActor { .. } => "register_actor",
+            Action::RotateKey { .. } => "rotate_key",
+            Action::RevokeActor { .. } => "revoke_actor",
+            Action::CreatePrompt { .. } => "create_prompt",
+            Action::CommitVersion { .. } => "commit_version",
+            Action::RecordEvaluation { .. } => "record_evaluation",
+            Action::ApproveVersion { .. } => "approve_version",
+            Action::RevokeApproval { .. } => "revoke_approval",
+            Action::PromoteVersion { .. } => "promote_version",
+            Action::RollbackPrompt { .. } => "rollback_prompt",
+        }
+    }
+
+    /// The prompt the action concerns, if any.
+    pub fn prompt(&self) -> Option<&str> {
+        match self {
+            Action::CreatePrompt { prompt, .. }
+            | Action::CommitVersion { prompt, .. }
+            | Action::RecordEvaluation { prompt, .. }
+            | Action::ApproveVersion { prompt, .. }
+            | Action::RevokeApproval { prompt, .. }
+            | Action::PromoteVersion { prompt, .. }
+            | Action::RollbackPrompt { prompt, .. } => Some(prompt),
+            _ => None,
+        }
+    }
 }
 
 impl Statement {

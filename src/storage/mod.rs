@@ -230,6 +230,19 @@ impl Store {
             })
     }
 
+    /// Every key and value of a column family, in key order.
+    pub fn scan(
+        &self,
+        cf_name: &str,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        self.db
+            .iterator_cf(self.cf(cf_name), IteratorMode::Start)
+            .map(|item| {
+                item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                    .map_err(StoreError::from)
+            })
+    }
+
     /// Every stored Merkle node, in key order (level, then index).
     pub fn nodes(&self) -> impl Iterator<Item = Result<(NodeId, Vec<u8>), StoreError>> + '_ {
         self.db

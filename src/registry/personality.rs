@@ -1,0 +1,217 @@
+//! The registry as the writer's personality: decides statements against the current state inside
+//! the single writer, applies them into the same atomic batch as their entry (objects in the
+//! `state` column family, nonces in `nonces`), puts the state root into every checkpoint, and
+//! publishes a fresh read view after each durable commit.
+
+use super::model::Environment;
+use super::state::{Actor, Event, ObjectKey, Prompt, Rejection, State};
+use super::statement::Statement;
+use crate::ledger::dsse::Envelope;
+use crate::ledger::entry::{Entry, Seq};
+use crate::ledger::merkle::Hash;
+use crate::storage::keys::cf;
+use crate::storage::writer::{Batch, Context, Personality};
+use crate::storage::{Head, Store, StoreError};
+use ed25519_dalek::VerifyingKey;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// A statement whose signature was verified (off the writer) and that is ready to be decided.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub envelope: Envelope,
+    pub statement: Statement,
+    /// Key id of the signature that was verified.
+    pub signer: String,
+    /// SHA-256 of the payload bytes.
+    pub payload_hash: Hash,
+}
+
+/// What readers see: an immutable snapshot of the registry after a durable commit. The hot
+/// read path takes an `Arc` of it and never waits for the writer.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub ledger_id: String,
+    pub head: Seq,
+    pub actors: BTreeMap<String, Arc<Actor>>,
+    pub prompts: BTreeMap<String, Arc<Prompt>>,
+    /// Keys valid now: key id → (actor, key).
+    pub keys: HashMap<String, (String, VerifyingKey)>,
+}
+
+impl View {
+    fn of(state: &State, head: Seq) -> View {
+        View {
+            ledger_id: state.ledger_id().to_owned(),
+            head,
+            actors: state
+                .actors()
+                .map(|a| (a.name.clone(), a.clone()))
+                .collect(),
+            prompts: state.prompts().clone(),
+            keys: state
+                .actors()
+                .filter(|a| a.revoked_seq.is_none())
+                .flat_map(|a| {
+                    a.keys
+                        .iter()
+                        .filter(|k| k.retired_seq.is_none())
+                        .map(move |k| (a, k))
+                })
+                .filter_map(|(a, k)| {
+                    Some((
+                        k.keyid.clone(),
+                        (a.name.clone(), state.signing_key(&k.keyid)?.1),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// The deployment live in `env` and its version.
+    pub fn deployed(
+        &self,
+        prompt: &str,
+        env: Environment,
+    ) -> Option<(&Prompt, &super::state::Deployment)> {
+        let p = self.prompts.get(prompt)?;
+        Some((p, p.deployments.get(&env)?))
+    }
+}
+
+/// The shared, swappable read view.
+#[derive(Clone, Default)]
+pub struct ViewCell(Arc<RwLock<Arc<View>>>);
+
+impl ViewCell {
+    /// The current snapshot. The lock is held only to clone an `Arc`.
+    pub fn load(&self) -> Arc<View> {
+        self.0.read().expect("view lock").clone()
+    }
+
+    fn store(&self, view: View) {
+        *self.0.write().expect("view lock") = Arc::new(view);
+    }
+}
+
+pub struct Registry {
+    state: State,
+    view: ViewCell,
+    /// The statement decided last, applied next (the writer always calls them in pairs).
+    pending: Option<Submission>,
+}
+
+/// `nonces` column family key: actor ‖ 0x00 ‖ nonce.
+fn nonce_key(actor: &str, nonce: &str) -> Vec<u8> {
+    [actor.as_bytes(), &[0], nonce.as_bytes()].concat()
+}
+
+impl Registry {
+    /// Loads the projection stored beside the log (no replay).
+    pub fn load(store: &Store) -> Result<Registry, StoreError> {
+        let info = store.ledger_info()?;
+        let corrupt = |_| StoreError::Corrupt {
+            what: "registry state",
+        };
+        let objects = store
+            .scan(cf::STATE)
+            .map(|r| {
+                let (k, v) = r?;
+                let key = std::str::from_utf8(&k).ok().and_then(ObjectKey::decode);
+                Ok((key.ok_or(StoreError::Corrupt { what: "state key" })?, v))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let nonces = store
+            .scan(cf::NONCES)
+            .map(|r| {
+                let (k, v) = r?;
+                let split = k.iter().position(|&b| b == 0);
+                let bad = StoreError::Corrupt { what: "nonce" };
+                let (Some(i), true) = (split, v.len() == 40) else {
+                    return Err(bad);
+                };
+                let actor = String::from_utf8(k[..i].to_vec())
+                    .map_err(|_| StoreError::Corrupt { what: "nonce" })?;
+                let nonce = String::from_utf8(k[i + 1..].to_vec())
+                    .map_err(|_| StoreError::Corrupt { what: "nonce" })?;
+                let seq = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                let hash: Hash = v[8..].try_into().expect("32 bytes");
+                Ok(((actor, nonce), (seq, hash)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let state = State::load(&info.ledger_id, objects, nonces).map_err(corrupt)?;
+        let head = store.head()?;
+        let view = ViewCell::default();
+        view.store(View::of(&state, head.size));
+        Ok(Registry {
+            state,
+            view,
+            pending: None,
+        })
+    }
+
+    /// The read view this registry publishes to.
+    pub fn view(&self) -> ViewCell {
+        self.view.clone()
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+}
+
+impl Personality for Registry {
+    type Command = Submission;
+    type Output = ();
+    type Rejection = Rejection;
+
+    fn decide(&mut self, sub: Submission, ctx: Context) -> Result<(Envelope, ()), Rejection> {
+        let ev = Event {
+            seq: ctx.seq,
+            timestamp_ms: ctx.timestamp_ms,
+            signer: &sub.signer,
+            statement: &sub.statement,
+            payload_hash: sub.payload_hash,
+        };
+        self.state.decide(&ev)?;
+        let envelope = sub.envelope.clone();
+        self.pending = Some(sub);
+        Ok((envelope, ()))
+    }
+
+    fn apply(&mut self, entry: &Entry, batch: &mut Batch<'_>) {
+        let sub = self
+            .pending
+            .take()
+            .expect("apply follows a successful decide");
+        let ev = Event {
+            seq: entry.seq,
+            timestamp_ms: entry.timestamp_ms,
+            signer: &sub.signer,
+            statement: &sub.statement,
+            payload_hash: sub.payload_hash,
+        };
+        for key in self.state.apply(&ev) {
+            let json = self
+                .state
+                .object_json(&key)
+                .expect("a changed object exists");
+            batch.put(cf::STATE, key.encode(), json);
+        }
+        let mut value = entry.seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&sub.payload_hash);
+        batch.put(
+            cf::NONCES,
+            nonce_key(&sub.statement.actor, &sub.statement.nonce),
+            value,
+        );
+    }
+
+    fn state_root(&self) -> Option<Hash> {
+        Some(self.state.state_root())
+    }
+
+    fn committed(&mut self, head: &Head) {
+        self.view.store(View::of(&self.state, head.size));
+    }
+}

@@ -1,0 +1,968 @@
+//! The projection: registry state as a deterministic function of the log.
+//!
+//! `decide(state, event)` says whether a statement may be appended to the log now;
+//! `apply(state, event)` changes the state by an appended statement. Both are pure: no I/O, no
+//! clock (the event carries its sequence number and timestamp). `apply` is total: it never
+//! fails, so replaying any verified log gives a state, and replaying the same log gives the same
+//! state and the same [`State::state_root`].
+
+use super::model::{content_hash, valid_name, Environment, Permission, Role};
+use super::statement::{Action, Statement};
+use crate::ledger::entry::Seq;
+use crate::ledger::keys::PublicKey;
+use crate::ledger::merkle::Hash;
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// One statement as it is (or would be) placed in the log.
+#[derive(Clone, Copy, Debug)]
+pub struct Event<'a> {
+    pub seq: Seq,
+    pub timestamp_ms: u64,
+    /// Key id of the (first) signature.
+    pub signer: &'a str,
+    pub statement: &'a Statement,
+    /// SHA-256 of the payload bytes: recognises a retried statement.
+    pub payload_hash: Hash,
+}
+
+/// Why a statement may not be appended. Each variant maps to one gRPC status in the API layer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("statement is for ledger {found}, this is ledger {expected}")]
+    WrongLedger { expected: String, found: String },
+    #[error("key {keyid} is unknown, retired or revoked")]
+    UnknownKey { keyid: String },
+    #[error("statement names actor {actor:?} but is signed by {keyid}")]
+    ActorMismatch { actor: String, keyid: String },
+    #[error("nonce already used by the statement at sequence {seq}")]
+    NonceReused { seq: Seq },
+    /// Not an error to the client: the same statement was already appended at `seq`.
+    #[error("statement already recorded at sequence {seq}")]
+    Duplicate { seq: Seq },
+    #[error("actor {actor} may not {}: needs one of the roles {}", permission.as_str(), roles(permission))]
+    PermissionDenied {
+        actor: String,
+        permission: Permission,
+    },
+    #[error("{field}: {expected}")]
+    InvalidArgument {
+        field: &'static str,
+        expected: String,
+    },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error("prompt {prompt}: parent version {given} is stale, the current head is {head}", given = fmt_version(*given), head = fmt_version(*head))]
+    StaleParent {
+        prompt: String,
+        given: Option<u64>,
+        head: Option<u64>,
+    },
+    #[error("{reason}")]
+    FailedPrecondition { reason: String },
+    #[error("a {kind} statement cannot be appended")]
+    NotAppendable { kind: &'static str },
+}
+
+fn roles(p: &Permission) -> String {
+    p.roles()
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn fmt_version(v: Option<u64>) -> String {
+    v.map_or("none".to_owned(), |v| v.to_string())
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorKey {
+    pub keyid: String,
+    pub vkey: String,
+    pub added_seq: Seq,
+    pub retired_seq: Option<Seq>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Actor {
+    pub name: String,
+    pub roles: BTreeSet<Role>,
+    pub keys: Vec<ActorKey>,
+    pub registered_seq: Seq,
+    pub revoked_seq: Option<Seq>,
+    pub revoked_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub number: u64,
+    pub parent: Option<u64>,
+    pub template: String,
+    pub model: String,
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    pub variables: Vec<String>,
+    pub message: String,
+    pub content_hash: String,
+    pub author: String,
+    pub seq: Seq,
+    pub timestamp_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub version: u64,
+    /// Sequence number of the promotion or rollback that made it live.
+    pub seq: Seq,
+    pub timestamp_ms: u64,
+    pub by: String,
+    pub rollback: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub seq: Seq,
+    pub version: u64,
+    pub content_hash: String,
+    pub suite: String,
+    pub score: f64,
+    pub threshold: f64,
+    pub passed: bool,
+    pub evaluator: String,
+    pub evidence_digest: String,
+    pub evidence_uri: String,
+    pub by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub seq: Seq,
+    pub version: u64,
+    pub content_hash: String,
+    pub environment: Environment,
+    pub by: String,
+    pub revoked_seq: Option<Seq>,
+}
+
+/// One line of a prompt's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub seq: Seq,
+    pub kind: String,
+    pub actor: String,
+    pub timestamp_ms: u64,
+    pub version: Option<u64>,
+    pub environment: Option<Environment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prompt {
+    pub name: String,
+    pub description: String,
+    pub created_by: String,
+    pub created_seq: Seq,
+    pub versions: Vec<Version>,
+    /// What is live now, per environment.
+    pub deployments: BTreeMap<Environment, Deployment>,
+    /// Every deployment ever made, per environment, oldest first.
+    pub deployment_history: BTreeMap<Environment, Vec<Deployment>>,
+    pub evaluations: Vec<Evaluation>,
+    pub approvals: Vec<Approval>,
+    pub history: Vec<HistoryItem>,
+}
+
+impl Prompt {
+    pub fn head(&self) -> Option<u64> {
+        self.versions.last().map(|v| v.number)
+    }
+
+    pub fn version(&self, number: u64) -> Option<&Version> {
+        number
+            .checked_sub(1)
+            .and_then(|i| self.versions.get(i as usize))
+    }
+
+    pub fn version_by_hash(&self, hash: &str) -> Option<&Version> {
+        self.versions.iter().rev().find(|v| v.content_hash == hash)
+    }
+}
+
+/// A key that may sign now.
+#[derive(Clone, Debug)]
+struct KeyEntry {
+    actor: String,
+    key: VerifyingKey,
+}
+
+/// Where a state object lives in the `state` column family.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKey {
+    Actor(String),
+    Prompt(String),
+}
+
+impl ObjectKey {
+    /// `a/<name>` or `p/<name>`.
+    pub fn encode(&self) -> String {
+        match self {
+            ObjectKey::Actor(n) => format!("a/{n}"),
+            ObjectKey::Prompt(n) => format!("p/{n}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        match s.split_once('/')? {
+            ("a", n) => Some(ObjectKey::Actor(n.to_owned())),
+            ("p", n) => Some(ObjectKey::Prompt(n.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// The registry state.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    ledger_id: String,
+    actors: BTreeMap<String, Arc<Actor>>,
+    prompts: BTreeMap<String, Arc<Prompt>>,
+    /// Derived: keys valid now.
+    keys: HashMap<String, KeyEntry>,
+    /// Derived: (actor, nonce) → (seq, payload hash). Replay protection and idempotency.
+    nonces: HashMap<(String, String), (Seq, Hash)>,
+    /// Derived: digest of each object's canonical JSON, for the state root.
+    digests: BTreeMap<String, Hash>,
+}
+
+fn digest<T: Serialize>(value: &T) -> Hash {
+    Sha256::digest(serde_json::to_vec(value).expect("state serializes")).into()
+}
+
+fn invalid(field: &'static str, expected: impl Into<String>) -> Rejection {
+    Rejection::InvalidArgument {
+        field,
+        expected: expected.into(),
+    }
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn ledger_id(&self) -> &str {
+        &self.ledger_id
+    }
+
+    pub fn actor(&self, name: &str) -> Option<&Arc<Actor>> {
+        self.actors.get(name)
+    }
+
+    pub fn actors(&self) -> impl Iterator<Item = &Arc<Actor>> {
+        self.actors.values()
+    }
+
+    pub fn prompt(&self, name: &str) -> Option<&Arc<Prompt>> {
+        self.prompts.get(name)
+    }
+
+    pub fn prompts(&self) -> &BTreeMap<String, Arc<Prompt>> {
+        &self.prompts
+    }
+
+    /// The actor and public key of `keyid`, if it may sign now.
+    pub fn signing_key(&self, keyid: &str) -> Option<(&str, VerifyingKey)> {
+        self.keys.get(keyid).map(|k| (k.actor.as_str(), k.key))
+    }
+
+    /// Roles of an actor that is not revoked.
+    pub fn roles(&self, actor: &str) -> Option<&BTreeSet<Role>> {
+        self.actors
+            .get(actor)
+            .filter(|a| a.revoked_seq.is_none())
+            .map(|a| &a.roles)
+    }
+
+    pub fn may(&self, actor: &str, permission: Permission) -> bool {
+        self.roles(actor)
+            .is_some_and(|roles| roles.iter().any(|r| r.may(permission)))
+    }
+
+    /// Where a nonce of `actor` was used.
+    pub fn nonce(&self, actor: &str, nonce: &str) -> Option<(Seq, Hash)> {
+        self.nonces
+            .get(&(actor.to_owned(), nonce.to_owned()))
+            .copied()
+    }
+
+    /// Hash over the whole projected state: SHA-256 over, for every object in key order,
+    /// `len(key) (u32 BE) ‖ key ‖ SHA-256(object JSON)`. The ledger id is the first object.
+    pub fn state_root(&self) -> Hash {
+        let mut h = Sha256::new();
+        let ledger = Sha256::digest(self.ledger_id.as_bytes());
+        for (key, d) in std::iter::once(("ledger", &ledger.into()))
+            .chain(self.digests.iter().map(|(k, d)| (k.as_str(), d)))
+        {
+            h.update((key.len() as u32).to_be_bytes());
+            h.update(key.as_bytes());
+            h.update(d);
+        }
+        h.finalize().into()
+    }
+
+    /// Decides whether `ev` may be appended now. Never changes the state.
+    pub fn decide(&self, ev: &Event<'_>) -> Result<(), Rejection> {
+        let st = ev.statement;
+        if let Action::Genesis { .. } = st.action {
+            return if ev.seq == 0 && self.actors.is_empty() {
+                Ok(())
+            } else {
+                Err(Rejection::NotAppendable { kind: "genesis" })
+            };
+        }
+        if let Action::OpenSession {} = st.action {
+            return Err(Rejection::NotAppendable {
+                kind: "open_session",
+            });
+        }
+        self.authenticate(ev)?;
+        let actor = st.actor.as_str();
+        let need = |permission: Permission| {
+            if self.may(actor, permission) {
+                Ok(())
+            } else {
+                Err(Rejection::PermissionDenied {
+                    actor: actor.to_owned(),
+                    permission,
+                })
+            }
+        };
+        match &st.action {
+            Action::Genesis { .. } | Action::OpenSession {} => unreachable!("handled above"),
+            Action::RegisterActor { name, key, roles } => {
+                need(Permission::ManageActors)?;
+                if !valid_name(name) {
+                    return Err(invalid("name", "1-128 characters of [A-Za-z0-9._/-]"));
+                }
+                if self.actors.contains_key(name) {
+                    return Err(Rejection::AlreadyExists {
+                        what: format!("actor {name}"),
+                    });
+                }
+                self.check_new_key(name, key)?;
+                if roles.is_empty() {
+                    return Err(invalid("roles", "at least one role"));
+                }
+                Ok(())
+            }
+            Action::RotateKey { name, new_key } => {
+                if name != actor {
+                    need(Permission::ManageActors)?;
+                }
+                self.live_actor(name)?;
+                self.check_new_key(name, new_key)
+            }
+            Action::RevokeActor { name, reason } => {
+                need(Permission::ManageActors)?;
+                self.live_actor(name)?;
+                if reason.trim().is_empty() {
+                    return Err(invalid("reason", "a non-empty reason"));
+                }
+                Ok(())
+            }
+            Action::CreatePrompt { prompt, .. } => {
+                need(Permission::WritePrompt)?;
+                if !valid_name(prompt) {
+                    return Err(invalid("prompt", "1-128 characters of [A-Za-z0-9._/-]"));
+                }
+                if self.prompts.contains_key(prompt) {
+                    return Err(Rejection::AlreadyExists {
+                        what: format!("prompt {prompt}"),
+                    });
+                }
+                Ok(())
+            }
+            Action::CommitVersion {
+                prompt,
+                parent_version,
+                template,
+                model,
+                parameters,
+                variables,
+                content_hash: hash,
+                ..
+            } => {
+                need(Permission::WritePrompt)?;
+                let p = self.existing_prompt(prompt)?;
+                if *parent_version != p.head() {
+                    return Err(Rejection::StaleParent {
+                        prompt: prompt.clone(),
+                        given: *parent_version,
+                        head: p.head(),
+                    });
+                }
+                if template.is_empty() {
+                    return Err(invalid("template", "a non-empty template"));
+                }
+                if model.trim().is_empty() {
+                    return Err(invalid("model", "a model name"));
+                }
+                let mut seen = BTreeSet::new();
+                for v in variables {
+                    if !valid_name(v) || !seen.insert(v) {
+                        return Err(invalid(
+                            "variables",
+                            format!("unique variable names, got {v:?} twice or malformed"),
+                        ));
+                    }
+                }
+                let want = content_hash(template, model, parameters, variables);
+                if *hash != want {
+                    return Err(invalid(
+                        "content_hash",
+                        format!("{want} (the hash of the canonical content)"),
+                    ));
+                }
+                Ok(())
+            }
+            Action::RecordEvaluation {
+                prompt,
+                version,
+                content_hash: hash,
+                suite,
+                score,
+                threshold,
+                evaluator,
+                ..
+            } => {
+                need(Permission::Evaluate)?;
+                let v = self.existing_version(prompt, *version)?;
+                if v.content_hash != *hash {
+                    return Err(invalid(
+                        "content_hash",
+                        format!("{} (version {version}'s content hash)", v.content_hash),
+                    ));
+                }
+                if suite.trim().is_empty() {
+                    return Err(invalid("suite", "an evaluation suite name"));
+                }
+                if evaluator.trim().is_empty() {
+                    return Err(invalid("evaluator", "the evaluator's name"));
+                }
+                if !score.is_finite() || !threshold.is_finite() {
+                    return Err(invalid("score", "finite score and threshold"));
+                }
+                Ok(())
+            }
+            Action::ApproveVersion {
+                prompt,
+                version,
+                content_hash: hash,
+                environment,
+            } => {
+                need(Permission::Approve)?;
+                let v = self.existing_version(prompt, *version)?;
+                if v.content_hash != *hash {
+                    return Err(invalid(
+                        "content_hash",
+                        format!("{} (version {version}'s content hash)", v.content_hash),
+                    ));
+                }
+                if v.author == actor {
+                    return Err(Rejection::FailedPrecondition {
+                        reason: format!(
+                            "{actor} wrote version {version} and may not approve it (four eyes)"
+                        ),
+                    });
+                }
+                let p = self.existing_prompt(prompt)?;
+                if p.approvals.iter().any(|a| {
+                    a.version == *version
+                        && a.environment == *environment
+                        && a.by == actor
+                        && a.revoked_seq.is_none()
+                }) {
+                    return Err(Rejection::AlreadyExists {
+                        what: format!(
+                            "approval of {prompt} version {version} for {environment} by {actor}"
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Action::RevokeApproval {
+                prompt,
+                version,
+                environment,
+                reason,
+            } => {
+                need(Permission::Approve)?;
+                let p = self.existing_prompt(prompt)?;
+                if reason.trim().is_empty() {
+                    return Err(invalid("reason", "a non-empty reason"));
+                }
+                if !p.approvals.iter().any(|a| {
+                    a.version == *version
+                        && a.environment == *environment
+                        && a.by == actor
+                        && a.revoked_seq.is_none()
+                }) {
+                    return Err(Rejection::NotFound {
+                        what: format!(
+                            "approval of {prompt} version {version} for {environment} by {actor}"
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Action::PromoteVersion {
+                prompt,
+                version,
+                environment,
+            } => {
+                need(Permission::Promote)?;
+                self.existing_version(prompt, *version)?;
+                let p = self.existing_prompt(prompt)?;
+                if p.deployments
+                    .get(environment)
+                    .is_some_and(|d| d.version == *version)
+                {
+                    return Err(Rejection::FailedPrecondition {
+                        reason: format!(
+                            "{prompt} version {version} is already live in {environment}"
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Action::RollbackPrompt {
+                prompt,
+                version,
+                environment,
+                reason,
+            } => {
+                need(Permission::Promote)?;
+                let p = self.existing_prompt(prompt)?;
+                if reason.trim().is_empty() {
+                    return Err(invalid("reason", "a non-empty reason"));
+                }
+                let current = p.deployments.get(environment).map(|d| d.version);
+                let was_live = p
+                    .deployment_history
+                    .get(environment)
+                    .is_some_and(|h| h.iter().any(|d| d.version == *version));
+                if !was_live || current == Some(*version) {
+                    return Err(Rejection::FailedPrecondition {
+                        reason: format!(
+                            "{prompt} version {version} was not live in {environment} before (or is live now); rollback only returns to an earlier live version"
+                        ),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Signature-independent checks every appended statement needs: right ledger, a valid key
+    /// of the named actor, a fresh nonce.
+    fn authenticate(&self, ev: &Event<'_>) -> Result<(), Rejection> {
+        let st = ev.statement;
+        if st.ledger_id != self.ledger_id {
+            return Err(Rejection::WrongLedger {
+                expected: self.ledger_id.clone(),
+                found: st.ledger_id.clone(),
+            });
+        }
+        let Some((owner, _)) = self.signing_key(ev.signer) else {
+            return Err(Rejection::UnknownKey {
+                keyid: ev.signer.to_owned(),
+            });
+        };
+        if owner != st.actor {
+            return Err(Rejection::ActorMismatch {
+                actor: st.actor.clone(),
+                keyid: ev.signer.to_owned(),
+            });
+        }
+        if st.nonce.is_empty() || st.nonce.len() > 128 {
+            return Err(invalid("nonce", "1 to 128 characters"));
+        }
+        if let Some((seq, hash)) = self.nonce(&st.actor, &st.nonce) {
+            return Err(if hash == ev.payload_hash {
+                Rejection::Duplicate { seq }
+            } else {
+                Rejection::NonceReused { seq }
+            });
+        }
+        Ok(())
+    }
+
+    fn check_new_key(&self, name: &str, vkey: &str) -> Result<(), Rejection> {
+        let key = PublicKey::from_vkey(vkey)
+            .map_err(|e| invalid("key", format!("a verifier key name+hhhhhhhh+base64 ({e})")))?;
+        if key.name() != name {
+            return Err(invalid(
+                "key",
+                format!("a key named {name:?}, got {:?}", key.name()),
+            ));
+        }
+        if self
+            .actors
+            .values()
+            .any(|a| a.keys.iter().any(|k| k.keyid == key.key_id().as_str()))
+        {
+            return Err(Rejection::AlreadyExists {
+                what: format!("key {}", key.key_id()),
+            });
+        }
+        Ok(())
+    }
+
+    fn live_actor(&self, name: &str) -> Result<&Actor, Rejection> {
+        match self.actors.get(name) {
+            Some(a) if a.revoked_seq.is_none() => Ok(a),
+            Some(_) => Err(Rejection::FailedPrecondition {
+                reason: format!("actor {name} is revoked"),
+            }),
+            None => Err(Rejection::NotFound {
+                what: format!("actor {name}"),
+            }),
+        }
+    }
+
+    fn existing_prompt(&self, name: &str) -> Result<&Prompt, Rejection> {
+        self.prompts
+            .get(name)
+            .map(|p| p.as_ref())
+            .ok_or_else(|| Rejection::NotFound {
+                what: format!("prompt {name}"),
+            })
+    }
+
+    fn existing_version(&self, prompt: &str, version: u64) -> Result<&Version, Rejection> {
+        self.existing_prompt(prompt)?
+            .version(version)
+            .ok_or_else(|| Rejection::NotFound {
+                what: format!("prompt {prompt} version {version}"),
+            })
+    }
+
+    /// Applies an appended statement. Total: statements that `decide` would refuse change
+    /// nothing but the nonce table. Returns the objects it changed.
+    pub fn apply(&mut self, ev: &Event<'_>) -> Vec<ObjectKey> {
+        let st = ev.statement;
+        let actor = st.actor.clone();
+        self.nonces
+            .insert((actor.clone(), st.nonce.clone()), (ev.seq, ev.payload_hash));
+        let mut changed = Vec::new();
+        match &st.action {
+            Action::Genesis { admin_key, .. } => {
+                self.ledger_id = st.ledger_id.clone();
+                if let Ok(key) = PublicKey::from_vkey(admin_key) {
+                    let a = Actor {
+                        name: key.name().to_owned(),
+                        roles: BTreeSet::from([Role::Admin]),
+                        keys: vec![ActorKey {
+                            keyid: key.key_id().to_string(),
+                            vkey: admin_key.clone(),
+                            added_seq: ev.seq,
+                            retired_seq: None,
+                        }],
+                        registered_seq: ev.seq,
+                        revoked_seq: None,
+                        revoked_reason: None,
+                    };
+                    changed.push(self.put_actor(a));
+                }
+            }
+            Action::OpenSession {} => {}
+            Action::RegisterActor { name, key, roles } => {
+                if let Ok(k) = PublicKey::from_vkey(key) {
+                    let a = Actor {
+                        name: name.clone(),
+                        roles: roles.iter().copied().collect(),
+                        keys: vec![ActorKey {
+                            keyid: k.key_id().to_string(),
+                            vkey: key.clone(),
+                            added_seq: ev.seq,
+                            retired_seq: None,
+                        }],
+                        registered_seq: ev.seq,
+                        revoked_seq: None,
+                        revoked_reason: None,
+                    };
+                    changed.push(self.put_actor(a));
+                }
+            }
+            Action::RotateKey { name, new_key } => {
+                if let (Some(a), Ok(k)) = (self.actors.get(name), PublicKey::from_vkey(new_key)) {
+                    let mut a = Actor::clone(a);
+                    for old in a.keys.iter_mut().filter(|k| k.retired_seq.is_none()) {
+                        old.retired_seq = Some(ev.seq);
+                    }
+                    a.keys.push(ActorKey {
+                        keyid: k.key_id().to_string(),
+                        vkey: new_key.clone(),
+                        added_seq: ev.seq,
+                        retired_seq: None,
+                    });
+                    changed.push(self.put_actor(a));
+                }
+            }
+            Action::RevokeActor { name, reason } => {
+                if let Some(a) = self.actors.get(name) {
+                    let mut a = Actor::clone(a);
+                    a.revoked_seq = Some(ev.seq);
+                    a.revoked_reason = Some(reason.clone());
+                    for k in a.keys.iter_mut().filter(|k| k.retired_seq.is_none()) {
+                        k.retired_seq = Some(ev.seq);
+                    }
+                    changed.push(self.put_actor(a));
+                }
+            }
+            Action::CreatePrompt {
+                prompt,
+                description,
+            } => {
+                if !self.prompts.contains_key(prompt) {
+                    let p = Prompt {
+                        name: prompt.clone(),
+                        description: description.clone(),
+                        created_by: actor.clone(),
+                        created_seq: ev.seq,
+                        versions: vec![],
+                        deployments: BTreeMap::new(),
+                        deployment_history: BTreeMap::new(),
+                        evaluations: vec![],
+                        approvals: vec![],
+                        history: vec![],
+                    };
+                    self.prompts.insert(prompt.clone(), Arc::new(p));
+                }
+                changed.extend(self.record(prompt, ev, None, None, |_| {}));
+            }
+            Action::CommitVersion {
+                prompt,
+                parent_version,
+                template,
+                model,
+                parameters,
+                variables,
+                message,
+                content_hash,
+            } => {
+                let number = self
+                    .prompts
+                    .get(prompt)
+                    .map_or(1, |p| p.versions.len() as u64 + 1);
+                changed.extend(self.record(prompt, ev, Some(number), None, |p| {
+                    p.versions.push(Version {
+                        number,
+                        parent: *parent_version,
+                        template: template.clone(),
+                        model: model.clone(),
+                        parameters: parameters.clone(),
+                        variables: variables.clone(),
+                        message: message.clone(),
+                        content_hash: content_hash.clone(),
+                        author: actor.clone(),
+                        seq: ev.seq,
+                        timestamp_ms: ev.timestamp_ms,
+                    })
+                }));
+            }
+            Action::RecordEvaluation {
+                prompt,
+                version,
+                content_hash,
+                suite,
+                score,
+                threshold,
+                passed,
+                evaluator,
+                evidence_digest,
+                evidence_uri,
+            } => {
+                changed.extend(self.record(prompt, ev, Some(*version), None, |p| {
+                    p.evaluations.push(Evaluation {
+                        seq: ev.seq,
+                        version: *version,
+                        content_hash: content_hash.clone(),
+                        suite: suite.clone(),
+                        score: *score,
+                        threshold: *threshold,
+                        passed: *passed,
+                        evaluator: evaluator.clone(),
+                        evidence_digest: evidence_digest.clone(),
+                        evidence_uri: evidence_uri.clone(),
+                        by: actor.clone(),
+                    })
+                }));
+            }
+            Action::ApproveVersion {
+                prompt,
+                version,
+                content_hash,
+                environment,
+            } => {
+                changed.extend(
+                    self.record(prompt, ev, Some(*version), Some(*environment), |p| {
+                        p.approvals.push(Approval {
+                            seq: ev.seq,
+                            version: *version,
+                            content_hash: content_hash.clone(),
+                            environment: *environment,
+                            by: actor.clone(),
+                            revoked_seq: None,
+                        })
+                    }),
+                );
+            }
+            Action::RevokeApproval {
+                prompt,
+                version,
+                environment,
+                ..
+            } => {
+                changed.extend(
+                    self.record(prompt, ev, Some(*version), Some(*environment), |p| {
+                        for a in p.approvals.iter_mut().filter(|a| {
+                            a.version == *version
+                                && a.environment == *environment
+                                && a.by == actor
+                                && a.revoked_seq.is_none()
+                        }) {
+                            a.revoked_seq = Some(ev.seq);
+                        }
+                    }),
+                );
+            }
+            Action::PromoteVersion {
+                prompt,
+                version,
+                environment,
+            }
+            | Action::RollbackPrompt {
+                prompt,
+                version,
+                environment,
+                ..
+            } => {
+                let rollback = matches!(st.action, Action::RollbackPrompt { .. });
+                changed.extend(
+                    self.record(prompt, ev, Some(*version), Some(*environment), |p| {
+                        let d = Deployment {
+                            version: *version,
+                            seq: ev.seq,
+                            timestamp_ms: ev.timestamp_ms,
+                            by: actor.clone(),
+                            rollback,
+                        };
+                        p.deployment_history
+                            .entry(*environment)
+                            .or_default()
+                            .push(d.clone());
+                        p.deployments.insert(*environment, d);
+                    }),
+                );
+            }
+        }
+        changed
+    }
+
+    /// Changes a prompt (if it exists) and appends the event to its history.
+    fn record(
+        &mut self,
+        prompt: &str,
+        ev: &Event<'_>,
+        version: Option<u64>,
+        environment: Option<Environment>,
+        change: impl FnOnce(&mut Prompt),
+    ) -> Option<ObjectKey> {
+        let p = self.prompts.get_mut(prompt)?;
+        let p = Arc::make_mut(p);
+        change(p);
+        p.history.push(HistoryItem {
+            seq: ev.seq,
+            kind: ev.statement.action.kind().to_owned(),
+            actor: ev.statement.actor.clone(),
+            timestamp_ms: ev.timestamp_ms,
+            version,
+            environment,
+        });
+        let key = ObjectKey::Prompt(prompt.to_owned());
+        let d = digest(&*p);
+        self.digests.insert(key.encode(), d);
+        Some(key)
+    }
+
+    fn put_actor(&mut self, actor: Actor) -> ObjectKey {
+        let key = ObjectKey::Actor(actor.name.clone());
+        self.digests.insert(key.encode(), digest(&actor));
+        self.index_keys(&actor);
+        self.actors.insert(actor.name.clone(), Arc::new(actor));
+        key
+    }
+
+    fn index_keys(&mut self, actor: &Actor) {
+        for k in &actor.keys {
+            let valid = k.retired_seq.is_none() && actor.revoked_seq.is_none();
+            match (valid, PublicKey::from_vkey(&k.vkey)) {
+                (true, Ok(public)) => {
+                    self.keys.insert(
+                        k.keyid.clone(),
+                        KeyEntry {
+                            actor: actor.name.clone(),
+                            key: *public.verifying_key(),
+                        },
+                    );
+                }
+                _ => {
+                    self.keys.remove(&k.keyid);
+                }
+            }
+        }
+    }
+
+    /// The JSON stored for an object in the `state` column family.
+    pub fn object_json(&self, key: &ObjectKey) -> Option<Vec<u8>> {
+        match key {
+            ObjectKey::Actor(n) => self.actors.get(n).map(|a| serde_json::to_vec(&**a)),
+            ObjectKey::Prompt(n) => self.prompts.get(n).map(|p| serde_json::to_vec(&**p)),
+        }
+        .map(|r| r.expect("state serializes"))
+    }
+
+    /// Rebuilds a state from stored objects and nonces (reopening a server), without replay.
+    pub fn load(
+        ledger_id: &str,
+        objects: impl IntoIterator<Item = (ObjectKey, Vec<u8>)>,
+        nonces: impl IntoIterator<Item = ((String, String), (Seq, Hash))>,
+    ) -> Result<State, serde_json::Error> {
+        let mut state = State {
+            ledger_id: ledger_id.to_owned(),
+            ..State::default()
+        };
+        for (key, json) in objects {
+            match key {
+                ObjectKey::Actor(_) => {
+                    let a: Actor = serde_json::from_slice(&json)?;
+                    state.put_actor(a);
+                }
+                ObjectKey::Prompt(name) => {
+                    let p: Prompt = serde_json::from_slice(&json)?;
+                    state
+                        .digests
+                        .insert(ObjectKey::Prompt(name.clone()).encode(), digest(&p));
+                    state.prompts.insert(name, Arc::new(p));
+                }
+            }
+        }
+        state.nonces = nonces.into_iter().collect();
+        Ok(state)
+    }
+}

@@ -1,0 +1,244 @@
+//! Authentication at the edge, off the writer:
+//!
+//! - writes: a DSSE-signed statement, checked here for shape, size, action, ledger id, clock
+//!   skew and a valid Ed25519 signature by a key valid in the current read view. The writer then
+//!   re-checks key validity, nonce and permissions against the authoritative state.
+//! - reads: a session token from [`Sessions`], obtained once with a signed `open_session`
+//!   statement. Looking a token up is a hash-map read; the roles were resolved when the session
+//!   was opened, so the hot path does no signature check and no policy evaluation.
+
+use super::status::ApiError;
+use crate::ledger::dsse::{Envelope, Signature as DsseSignature};
+use crate::proto::registry::v1 as pb;
+use crate::registry::model::{Permission, Role};
+use crate::registry::personality::{Submission, View};
+use crate::registry::statement::{Statement, STATEMENT_PAYLOAD_TYPE};
+use ed25519_dalek::Signature;
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, RwLock};
+
+/// Limits and tolerances of statement checking.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub max_payload_bytes: usize,
+    pub clock_skew_ms: u64,
+    pub session_ttl_ms: u64,
+}
+
+/// Checks a signed statement and turns it into a [`Submission`] for the writer.
+pub fn verify_statement(
+    view: &View,
+    signed: Option<pb::SignedStatement>,
+    expected_kind: &str,
+    now_ms: u64,
+    config: &AuthConfig,
+) -> Result<Submission, ApiError> {
+    let signed = signed.ok_or_else(|| ApiError::invalid("statement", "a signed statement"))?;
+    if signed.payload.len() > config.max_payload_bytes {
+        return Err(ApiError::TooLarge {
+            field: "statement.payload",
+            size: signed.payload.len(),
+            limit: config.max_payload_bytes,
+        });
+    }
+    if signed.payload_type != STATEMENT_PAYLOAD_TYPE {
+        return Err(ApiError::invalid(
+            "statement.payload_type",
+            format!("{STATEMENT_PAYLOAD_TYPE:?}"),
+        ));
+    }
+    let envelope = Envelope {
+        payload_type: signed.payload_type,
+        payload: signed.payload,
+        signatures: signed
+            .signatures
+            .into_iter()
+            .map(|s| DsseSignature {
+                keyid: s.keyid,
+                sig: s.sig,
+            })
+            .collect(),
+    };
+    envelope
+        .check_shape()
+        .map_err(|e| ApiError::invalid("statement.signatures", e.to_string()))?;
+    let statement = Statement::from_payload(&envelope.payload).map_err(|e| {
+        ApiError::invalid(
+            "statement.payload",
+            format!("a statement JSON object ({e})"),
+        )
+    })?;
+    if statement.action.kind() != expected_kind {
+        return Err(ApiError::invalid(
+            "statement.action.type",
+            format!(
+                "{expected_kind:?} for this method, got {:?}",
+                statement.action.kind()
+            ),
+        ));
+    }
+    if statement.ledger_id != view.ledger_id {
+        return Err(ApiError::invalid(
+            "statement.ledger_id",
+            format!("{}, got {}", view.ledger_id, statement.ledger_id),
+        ));
+    }
+    let skew = now_ms.abs_diff(statement.issued_at_ms);
+    if skew > config.clock_skew_ms {
+        return Err(ApiError::Unauthenticated(format!(
+            "statement issued_at_ms {} is {} s away from the server clock; the limit is {} s",
+            statement.issued_at_ms,
+            skew / 1000,
+            config.clock_skew_ms / 1000
+        )));
+    }
+    let message = envelope.pae();
+    for s in &envelope.signatures {
+        let Some((actor, key)) = view.keys.get(&s.keyid) else {
+            return Err(ApiError::Unauthenticated(format!(
+                "key {} is unknown, retired or revoked",
+                s.keyid
+            )));
+        };
+        if *actor != statement.actor {
+            return Err(ApiError::Unauthenticated(format!(
+                "statement names actor {:?} but is signed by {}",
+                statement.actor, s.keyid
+            )));
+        }
+        let sig = Signature::from_slice(&s.sig).map_err(|_| {
+            ApiError::invalid("statement.signatures.sig", "a 64-byte Ed25519 signature")
+        })?;
+        key.verify_strict(&message, &sig).map_err(|_| {
+            ApiError::Unauthenticated(format!("signature by {} does not verify", s.keyid))
+        })?;
+    }
+    let signer = envelope.signatures[0].keyid.clone();
+    let payload_hash = Sha256::digest(&envelope.payload).into();
+    Ok(Submission {
+        envelope,
+        statement,
+        signer,
+        payload_hash,
+    })
+}
+
+/// A read session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub actor: String,
+    pub roles: BTreeSet<Role>,
+    pub expires_at_ms: u64,
+}
+
+impl Session {
+    pub fn may(&self, permission: Permission) -> bool {
+        self.roles.iter().any(|r| r.may(permission))
+    }
+}
+
+/// Open sessions, and the nonces of the `open_session` statements that opened them (which are
+/// not in the log, so replay protection for them lives here).
+#[derive(Default)]
+pub struct Sessions {
+    tokens: RwLock<HashMap<String, Session>>,
+    nonces: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl Sessions {
+    /// Opens a session for a verified `open_session` statement.
+    pub fn open(
+        &self,
+        view: &View,
+        sub: &Submission,
+        now_ms: u64,
+        config: &AuthConfig,
+    ) -> Result<(String, Session), ApiError> {
+        let st = &sub.statement;
+        {
+            let mut nonces = self.nonces.lock().expect("nonce lock");
+            nonces.retain(|_, expiry| *expiry > now_ms);
+            let key = (st.actor.clone(), st.nonce.clone());
+            if nonces.contains_key(&key) {
+                return Err(ApiError::Rejected(
+                    crate::registry::state::Rejection::NonceReused { seq: 0 },
+                ));
+            }
+            nonces.insert(key, now_ms + 2 * config.clock_skew_ms);
+        }
+        let actor = view
+            .actors
+            .get(&st.actor)
+            .filter(|a| a.revoked_seq.is_none())
+            .ok_or_else(|| {
+                ApiError::Unauthenticated(format!("actor {} is unknown or revoked", st.actor))
+            })?;
+        let mut raw = [0u8; 32];
+        OsRng.fill_bytes(&mut raw);
+        let token = hex::encode(raw);
+        let session = Session {
+            actor: actor.name.clone(),
+            roles: actor.roles.clone(),
+            expires_at_ms: now_ms + config.session_ttl_ms,
+        };
+        let mut tokens = self.tokens.write().expect("session lock");
+        tokens.retain(|_, s| s.expires_at_ms > now_ms);
+        tokens.insert(token.clone(), session.clone());
+        Ok((token, session))
+    }
+
+    /// The session of a request's `authorization: Bearer <token>` metadata, if valid now and
+    /// its actor is not revoked, with `permission`.
+    pub fn check<T>(
+        &self,
+        request: &tonic::Request<T>,
+        view: &View,
+        permission: Permission,
+        now_ms: u64,
+    ) -> Result<Session, ApiError> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            ApiError::Unauthenticated("missing authorization: Bearer <session token>".into())
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthenticated("authorization must be Bearer <session token>".into())
+            })?;
+        let session = self
+            .tokens
+            .read()
+            .expect("session lock")
+            .get(token)
+            .cloned()
+            .filter(|s| s.expires_at_ms > now_ms)
+            .ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "session token unknown or expired: open a new session".into(),
+                )
+            })?;
+        if view
+            .actors
+            .get(&session.actor)
+            .is_none_or(|a| a.revoked_seq.is_some())
+        {
+            return Err(ApiError::Unauthenticated(format!(
+                "actor {} is revoked",
+                session.actor
+            )));
+        }
+        if !session.may(permission) {
+            let roles: Vec<&str> = permission.roles().iter().map(|r| r.as_str()).collect();
+            return Err(ApiError::PermissionDenied(format!(
+                "actor {} may not {}: needs one of the roles {}",
+                session.actor,
+                permission.as_str(),
+                roles.join(", ")
+            )));
+        }
+        Ok(session)
+    }
+}
