@@ -15,7 +15,7 @@ use crate::ledger::dsse::Envelope;
 use crate::ledger::entry::LedgerId;
 use crate::ledger::entry::FORMAT_VERSION;
 use crate::ledger::keys::{KeyError, KeyPair, PublicKey};
-use crate::ledger::merkle::Hash;
+use crate::ledger::merkle::{Hash, NodeId};
 use crate::ledger::verify::{self, Observers, Verified, VerifyError};
 use crate::registry::keyring::RegistryKeyring;
 use crate::registry::personality::{Registry, Submission};
@@ -233,11 +233,20 @@ pub fn verify_store(
     let head = store.head()?;
     let note = store.checkpoint()?.ok_or(NodeError::NoCheckpoint)?;
     let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
-    let mut node_check = |id, hash: &[u8; 32]| -> Result<(), String> {
-        match crate::ledger::merkle::NodeReader::node(store, id) {
-            Ok(stored) if &stored == hash => Ok(()),
-            Ok(_) => Err("hash differs".into()),
-            Err(e) => Err(e.to_string()),
+    // Nodes of each level are produced in index order, so one sequential cursor per level
+    // compares them with what is stored, without random reads.
+    let mut cursors: Vec<Box<dyn Iterator<Item = Result<(NodeId, Hash), StoreError>> + '_>> =
+        Vec::new();
+    let mut node_check = |id: NodeId, hash: &[u8; 32]| -> Result<(), String> {
+        while cursors.len() <= id.level as usize {
+            let level = cursors.len() as u8;
+            cursors.push(Box::new(store.level_nodes(level)));
+        }
+        match cursors[id.level as usize].next() {
+            Some(Ok((stored_id, stored))) if stored_id == id && &stored == hash => Ok(()),
+            Some(Ok((stored_id, _))) if stored_id == id => Err("hash differs".into()),
+            Some(Ok(_)) | None => Err("missing".into()),
+            Some(Err(e)) => Err(e.to_string()),
         }
     };
     let mut progress_total = progress.map(|p| move |n: u64| p(n, head.size));

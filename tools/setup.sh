@@ -3,6 +3,7 @@
 # Rust toolchain lacks. Idempotent: installs only what is missing.
 #   libclang-dev  - bindgen for the rocksdb crate's C++ build
 #   nats-server   - the NATS JetStream tests start their own server from PATH
+#   python3 grpcio grpcio-tools cryptography - the Python example client's test
 set -euo pipefail
 
 missing=()
@@ -18,5 +19,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The Python example client's test: grpcio, grpcio-tools (stubs from proto/), cryptography.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import grpc, grpc_tools, cryptography' 2>/dev/null; then
+  echo "setup: installing grpcio grpcio-tools cryptography for python3" >&2
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools cryptography
+fi
+command -v python3 >/dev/null 2>&1 || { echo "setup: python3 is required for the Python client test" >&2; exit 1; }
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: a Rust toolchain (cargo) is required" >&2; exit 1; }

@@ -55,8 +55,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let envelopes: Vec<Envelope> = (done..done + n)
             .into_par_iter()
             .map(|i| {
+                // Pseudo-random base64 text: about as compressible as real prompt JSON.
                 let mut body = format!("{{\"bench\":{i},\"pad\":\"").into_bytes();
-                body.resize(args.payload - 2, b'x');
+                let mut x = i.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+                const B64: &[u8] =
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                while body.len() < args.payload - 2 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    body.push(B64[(x % 64) as usize]);
+                }
                 body.extend_from_slice(b"\"}");
                 Envelope::sign("application/json", body, &keyid, admin.signing_key())
             })

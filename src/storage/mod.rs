@@ -243,6 +243,34 @@ impl Store {
             })
     }
 
+    /// Stored Merkle nodes of one level from index 0 on, in index order: a sequential scan, so
+    /// checking every node of a large tree costs no random reads.
+    pub fn level_nodes(
+        &self,
+        level: u8,
+    ) -> impl Iterator<Item = Result<(NodeId, Hash), StoreError>> + '_ {
+        let start = keys::node_key(NodeId { level, index: 0 });
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        ro.set_readahead_size(2 << 20);
+        self.db
+            .iterator_cf_opt(
+                self.cf(cf::MERKLE),
+                ro,
+                IteratorMode::From(&start, Direction::Forward),
+            )
+            .map(|item| {
+                let (k, v) = item?;
+                let id =
+                    keys::decode_node_key(&k).ok_or(StoreError::Corrupt { what: "node key" })?;
+                let hash = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "merkle node",
+                })?;
+                Ok((id, hash))
+            })
+            .take_while(move |r| r.as_ref().map_or(true, |(id, _)| id.level == level))
+    }
+
     /// Every stored Merkle node, in key order (level, then index).
     pub fn nodes(&self) -> impl Iterator<Item = Result<(NodeId, Vec<u8>), StoreError>> + '_ {
         self.db
