@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/promptledger/ledger/v1/ledger.proto",
     "proto/promptledger/registry/v1/registry.proto",
+    "proto/promptledger/bench/v1/echo.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

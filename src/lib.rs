@@ -38,6 +38,12 @@ pub mod proto {
             tonic::include_proto!("promptledger.registry.v1");
         }
     }
+    /// The echo baseline of the gRPC benchmark.
+    pub mod bench {
+        pub mod v1 {
+            tonic::include_proto!("promptledger.bench.v1");
+        }
+    }
     /// Encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("promptledger_descriptor");

@@ -9,5 +9,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/promptledger-target}"
 cargo build --locked --release --bin promptledger
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-"$CARGO_TARGET_DIR/release/promptledger" bench --data-dir "$dir/ledger" \
+"$CARGO_TARGET_DIR/release/promptledger" bench ledger --data-dir "$dir/ledger" \
   --entries "${ENTRIES:-1000000}" --payload "${PAYLOAD:-1024}"

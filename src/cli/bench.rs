@@ -1,5 +1,6 @@
-//! `promptledger bench ledger`: the ledger-core benchmarks of docs/PERFORMANCE.md, run by
-//! `tools/bench-ledger.sh`. Not timed tests: numbers to read, from a release build.
+//! `promptledger bench ledger|grpc`: the benchmarks of docs/PERFORMANCE.md, run by
+//! `tools/bench-ledger.sh` and `tools/bench-grpc.sh`. Not timed tests: numbers to read, from a
+//! release build.
 
 use anyhow::Result;
 use clap::Args;
@@ -16,6 +17,27 @@ use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand)]
+enum Which {
+    /// Appends, verification, proofs, reopen, disk use of the ledger core.
+    Ledger(LedgerArgs),
+    /// Requests/s and latency of echo (baseline), GetPrompt and CommitVersion over loopback.
+    Grpc(super::bench_grpc::GrpcArgs),
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    match args.which {
+        Which::Ledger(a) => ledger(a),
+        Which::Grpc(a) => super::bench_grpc::run(a),
+    }
+}
+
+#[derive(Args)]
+pub struct LedgerArgs {
     /// An empty or missing directory for the benchmark ledger.
     #[arg(long)]
     data_dir: PathBuf,
@@ -35,7 +57,7 @@ pub struct BenchArgs {
 
 const ROUND: u64 = 100_000;
 
-pub fn run(args: BenchArgs) -> Result<ExitCode> {
+fn ledger(args: LedgerArgs) -> Result<ExitCode> {
     let dir = DataDir::new(&args.data_dir);
     node::init(&dir, promptledger::storage::writer::system_clock_ms())?;
     let admin = keyfile::read_key(&dir.admin_key())?;

@@ -2,6 +2,7 @@
 //! I/O or storage error.
 
 pub mod bench;
+mod bench_grpc;
 
 use anyhow::{Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -4,7 +4,7 @@
 //! publishes a fresh read view after each durable commit.
 
 use super::model::Environment;
-use super::state::{Actor, Event, ObjectKey, Prompt, Rejection, State};
+use super::state::{Actor, Event, Prompt, Rejection, Row, State};
 use super::statement::Statement;
 use crate::ledger::dsse::Envelope;
 use crate::ledger::entry::{Entry, Seq};
@@ -117,7 +117,7 @@ impl Registry {
             .scan(cf::STATE)
             .map(|r| {
                 let (k, v) = r?;
-                let key = std::str::from_utf8(&k).ok().and_then(ObjectKey::decode);
+                let key = std::str::from_utf8(&k).ok().and_then(Row::decode);
                 Ok((key.ok_or(StoreError::Corrupt { what: "state key" })?, v))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -191,12 +191,9 @@ impl Personality for Registry {
             statement: &sub.statement,
             payload_hash: sub.payload_hash,
         };
-        for key in self.state.apply(&ev) {
-            let json = self
-                .state
-                .object_json(&key)
-                .expect("a changed object exists");
-            batch.put(cf::STATE, key.encode(), json);
+        for row in self.state.apply(&ev) {
+            let json = self.state.row_json(&row).expect("a changed row exists");
+            batch.put(cf::STATE, row.encode(), json);
         }
         let mut value = entry.seq.to_be_bytes().to_vec();
         value.extend_from_slice(&sub.payload_hash);

@@ -116,6 +116,7 @@ pub struct Version {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
+    pub environment: Environment,
     pub version: u64,
     /// Sequence number of the promotion or rollback that made it live.
     pub seq: Seq,
@@ -160,20 +161,47 @@ pub struct HistoryItem {
     pub environment: Option<Environment>,
 }
 
+/// A prompt. Its header (these serialized fields) is one row of the `state` column family; each
+/// version, history item, evaluation, approval and past deployment is a row of its own, so a
+/// change writes only what changed (see [`Row`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prompt {
     pub name: String,
     pub description: String,
     pub created_by: String,
     pub created_seq: Seq,
-    pub versions: Vec<Version>,
     /// What is live now, per environment.
     pub deployments: BTreeMap<Environment, Deployment>,
-    /// Every deployment ever made, per environment, oldest first.
-    pub deployment_history: BTreeMap<Environment, Vec<Deployment>>,
-    pub evaluations: Vec<Evaluation>,
+    #[serde(skip)]
+    pub versions: Vec<Arc<Version>>,
+    /// Every deployment ever made, oldest first.
+    #[serde(skip)]
+    pub deployment_history: Vec<Arc<Deployment>>,
+    #[serde(skip)]
+    pub evaluations: Vec<Arc<Evaluation>>,
+    #[serde(skip)]
     pub approvals: Vec<Approval>,
-    pub history: Vec<HistoryItem>,
+    #[serde(skip)]
+    pub history: Vec<Arc<HistoryItem>>,
+    /// Running hashes of the append-only lists, for the state root in O(1) per change.
+    #[serde(skip)]
+    chains: Chains,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Chains {
+    versions: Hash,
+    deployments: Hash,
+    evaluations: Hash,
+    history: Hash,
+}
+
+/// `chain' = SHA-256(chain ‖ SHA-256(item JSON))`.
+fn extend_chain<T: Serialize>(chain: &mut Hash, item: &T) {
+    let mut h = Sha256::new();
+    h.update(*chain);
+    h.update(digest(item));
+    *chain = h.finalize().into();
 }
 
 impl Prompt {
@@ -185,10 +213,48 @@ impl Prompt {
         number
             .checked_sub(1)
             .and_then(|i| self.versions.get(i as usize))
+            .map(|v| v.as_ref())
     }
 
     pub fn version_by_hash(&self, hash: &str) -> Option<&Version> {
-        self.versions.iter().rev().find(|v| v.content_hash == hash)
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.content_hash == hash)
+            .map(|v| v.as_ref())
+    }
+
+    /// Commitment to the whole prompt: header, the running hashes of its lists, and its
+    /// approvals (which change in place when revoked, so they are hashed whole).
+    fn digest(&self) -> Hash {
+        let mut h = Sha256::new();
+        h.update(digest(self));
+        h.update(self.chains.versions);
+        h.update(self.chains.deployments);
+        h.update(self.chains.evaluations);
+        h.update(self.chains.history);
+        h.update(digest(&self.approvals));
+        h.finalize().into()
+    }
+
+    fn push_version(&mut self, v: Version) {
+        extend_chain(&mut self.chains.versions, &v);
+        self.versions.push(Arc::new(v));
+    }
+
+    fn push_deployment(&mut self, d: Deployment) {
+        extend_chain(&mut self.chains.deployments, &d);
+        self.deployment_history.push(Arc::new(d));
+    }
+
+    fn push_evaluation(&mut self, e: Evaluation) {
+        extend_chain(&mut self.chains.evaluations, &e);
+        self.evaluations.push(Arc::new(e));
+    }
+
+    fn push_history(&mut self, item: HistoryItem) {
+        extend_chain(&mut self.chains.history, &item);
+        self.history.push(Arc::new(item));
     }
 }
 
@@ -199,26 +265,51 @@ struct KeyEntry {
     key: VerifyingKey,
 }
 
-/// Where a state object lives in the `state` column family.
+/// One row of the `state` column family. Keys are text: `a/<actor>`, `p/<prompt>` (header),
+/// and `p/<prompt>#<kind>/<20-digit number>` for the prompt's list items, where kind is `v`
+/// (version, by number), `h` (history), `e` (evaluation), `a` (approval), `d` (deployment), each
+/// by sequence number. `#` sorts before every character a name may contain, so a prompt's rows
+/// follow its header directly.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ObjectKey {
+pub enum Row {
     Actor(String),
     Prompt(String),
+    Version(String, u64),
+    History(String, Seq),
+    Evaluation(String, Seq),
+    Approval(String, Seq),
+    Deployment(String, Seq),
 }
 
-impl ObjectKey {
-    /// `a/<name>` or `p/<name>`.
+impl Row {
     pub fn encode(&self) -> String {
         match self {
-            ObjectKey::Actor(n) => format!("a/{n}"),
-            ObjectKey::Prompt(n) => format!("p/{n}"),
+            Row::Actor(n) => format!("a/{n}"),
+            Row::Prompt(n) => format!("p/{n}"),
+            Row::Version(n, i) => format!("p/{n}#v/{i:020}"),
+            Row::History(n, i) => format!("p/{n}#h/{i:020}"),
+            Row::Evaluation(n, i) => format!("p/{n}#e/{i:020}"),
+            Row::Approval(n, i) => format!("p/{n}#a/{i:020}"),
+            Row::Deployment(n, i) => format!("p/{n}#d/{i:020}"),
         }
     }
 
     pub fn decode(s: &str) -> Option<Self> {
-        match s.split_once('/')? {
-            ("a", n) => Some(ObjectKey::Actor(n.to_owned())),
-            ("p", n) => Some(ObjectKey::Prompt(n.to_owned())),
+        if let Some(n) = s.strip_prefix("a/") {
+            return Some(Row::Actor(n.to_owned()));
+        }
+        let rest = s.strip_prefix("p/")?;
+        let Some((name, item)) = rest.split_once('#') else {
+            return Some(Row::Prompt(rest.to_owned()));
+        };
+        let (kind, number) = item.split_once('/')?;
+        let (n, i) = (name.to_owned(), number.parse().ok()?);
+        match kind {
+            "v" => Some(Row::Version(n, i)),
+            "h" => Some(Row::History(n, i)),
+            "e" => Some(Row::Evaluation(n, i)),
+            "a" => Some(Row::Approval(n, i)),
+            "d" => Some(Row::Deployment(n, i)),
             _ => None,
         }
     }
@@ -234,7 +325,7 @@ pub struct State {
     keys: HashMap<String, KeyEntry>,
     /// Derived: (actor, nonce) → (seq, payload hash). Replay protection and idempotency.
     nonces: HashMap<(String, String), (Seq, Hash)>,
-    /// Derived: digest of each object's canonical JSON, for the state root.
+    /// Derived: digest of each actor and prompt (see [`Prompt::digest`]), for the state root.
     digests: BTreeMap<String, Hash>,
 }
 
@@ -553,8 +644,8 @@ impl State {
                 let current = p.deployments.get(environment).map(|d| d.version);
                 let was_live = p
                     .deployment_history
-                    .get(environment)
-                    .is_some_and(|h| h.iter().any(|d| d.version == *version));
+                    .iter()
+                    .any(|d| d.environment == *environment && d.version == *version);
                 if !was_live || current == Some(*version) {
                     return Err(Rejection::FailedPrecondition {
                         reason: format!(
@@ -652,50 +743,45 @@ impl State {
     }
 
     /// Applies an appended statement. Total: statements that `decide` would refuse change
-    /// nothing but the nonce table. Returns the objects it changed.
-    pub fn apply(&mut self, ev: &Event<'_>) -> Vec<ObjectKey> {
+    /// nothing but the nonce table. Returns the rows it changed.
+    pub fn apply(&mut self, ev: &Event<'_>) -> Vec<Row> {
         let st = ev.statement;
         let actor = st.actor.clone();
         self.nonces
             .insert((actor.clone(), st.nonce.clone()), (ev.seq, ev.payload_hash));
         let mut changed = Vec::new();
+        let new_actor = |name: &str, vkey: &str, roles: BTreeSet<Role>| {
+            let key = PublicKey::from_vkey(vkey).ok()?;
+            Some(Actor {
+                name: name.to_owned(),
+                roles,
+                keys: vec![ActorKey {
+                    keyid: key.key_id().to_string(),
+                    vkey: vkey.to_owned(),
+                    added_seq: ev.seq,
+                    retired_seq: None,
+                }],
+                registered_seq: ev.seq,
+                revoked_seq: None,
+                revoked_reason: None,
+            })
+        };
         match &st.action {
             Action::Genesis { admin_key, .. } => {
                 self.ledger_id = st.ledger_id.clone();
-                if let Ok(key) = PublicKey::from_vkey(admin_key) {
-                    let a = Actor {
-                        name: key.name().to_owned(),
-                        roles: BTreeSet::from([Role::Admin]),
-                        keys: vec![ActorKey {
-                            keyid: key.key_id().to_string(),
-                            vkey: admin_key.clone(),
-                            added_seq: ev.seq,
-                            retired_seq: None,
-                        }],
-                        registered_seq: ev.seq,
-                        revoked_seq: None,
-                        revoked_reason: None,
-                    };
+                let name = PublicKey::from_vkey(admin_key)
+                    .map(|k| k.name().to_owned())
+                    .unwrap_or_default();
+                if let Some(a) = new_actor(&name, admin_key, BTreeSet::from([Role::Admin])) {
                     changed.push(self.put_actor(a));
                 }
             }
             Action::OpenSession {} => {}
             Action::RegisterActor { name, key, roles } => {
-                if let Ok(k) = PublicKey::from_vkey(key) {
-                    let a = Actor {
-                        name: name.clone(),
-                        roles: roles.iter().copied().collect(),
-                        keys: vec![ActorKey {
-                            keyid: k.key_id().to_string(),
-                            vkey: key.clone(),
-                            added_seq: ev.seq,
-                            retired_seq: None,
-                        }],
-                        registered_seq: ev.seq,
-                        revoked_seq: None,
-                        revoked_reason: None,
-                    };
-                    changed.push(self.put_actor(a));
+                if !self.actors.contains_key(name) {
+                    if let Some(a) = new_actor(name, key, roles.iter().copied().collect()) {
+                        changed.push(self.put_actor(a));
+                    }
                 }
             }
             Action::RotateKey { name, new_key } => {
@@ -734,16 +820,17 @@ impl State {
                         description: description.clone(),
                         created_by: actor.clone(),
                         created_seq: ev.seq,
-                        versions: vec![],
                         deployments: BTreeMap::new(),
-                        deployment_history: BTreeMap::new(),
+                        versions: vec![],
+                        deployment_history: vec![],
                         evaluations: vec![],
                         approvals: vec![],
                         history: vec![],
+                        chains: Chains::default(),
                     };
                     self.prompts.insert(prompt.clone(), Arc::new(p));
                 }
-                changed.extend(self.record(prompt, ev, None, None, |_| {}));
+                changed.extend(self.record(prompt, ev, None, None, |_| vec![]));
             }
             Action::CommitVersion {
                 prompt,
@@ -760,7 +847,7 @@ impl State {
                     .get(prompt)
                     .map_or(1, |p| p.versions.len() as u64 + 1);
                 changed.extend(self.record(prompt, ev, Some(number), None, |p| {
-                    p.versions.push(Version {
+                    p.push_version(Version {
                         number,
                         parent: *parent_version,
                         template: template.clone(),
@@ -772,7 +859,8 @@ impl State {
                         author: actor.clone(),
                         seq: ev.seq,
                         timestamp_ms: ev.timestamp_ms,
-                    })
+                    });
+                    vec![Row::Version(prompt.clone(), number)]
                 }));
             }
             Action::RecordEvaluation {
@@ -788,7 +876,7 @@ impl State {
                 evidence_uri,
             } => {
                 changed.extend(self.record(prompt, ev, Some(*version), None, |p| {
-                    p.evaluations.push(Evaluation {
+                    p.push_evaluation(Evaluation {
                         seq: ev.seq,
                         version: *version,
                         content_hash: content_hash.clone(),
@@ -800,7 +888,8 @@ impl State {
                         evidence_digest: evidence_digest.clone(),
                         evidence_uri: evidence_uri.clone(),
                         by: actor.clone(),
-                    })
+                    });
+                    vec![Row::Evaluation(prompt.clone(), ev.seq)]
                 }));
             }
             Action::ApproveVersion {
@@ -818,7 +907,8 @@ impl State {
                             environment: *environment,
                             by: actor.clone(),
                             revoked_seq: None,
-                        })
+                        });
+                        vec![Row::Approval(prompt.clone(), ev.seq)]
                     }),
                 );
             }
@@ -830,6 +920,7 @@ impl State {
             } => {
                 changed.extend(
                     self.record(prompt, ev, Some(*version), Some(*environment), |p| {
+                        let mut rows = vec![];
                         for a in p.approvals.iter_mut().filter(|a| {
                             a.version == *version
                                 && a.environment == *environment
@@ -837,7 +928,9 @@ impl State {
                                 && a.revoked_seq.is_none()
                         }) {
                             a.revoked_seq = Some(ev.seq);
+                            rows.push(Row::Approval(prompt.clone(), a.seq));
                         }
+                        rows
                     }),
                 );
             }
@@ -856,17 +949,16 @@ impl State {
                 changed.extend(
                     self.record(prompt, ev, Some(*version), Some(*environment), |p| {
                         let d = Deployment {
+                            environment: *environment,
                             version: *version,
                             seq: ev.seq,
                             timestamp_ms: ev.timestamp_ms,
                             by: actor.clone(),
                             rollback,
                         };
-                        p.deployment_history
-                            .entry(*environment)
-                            .or_default()
-                            .push(d.clone());
+                        p.push_deployment(d.clone());
                         p.deployments.insert(*environment, d);
+                        vec![Row::Deployment(prompt.clone(), ev.seq)]
                     }),
                 );
             }
@@ -874,19 +966,24 @@ impl State {
         changed
     }
 
-    /// Changes a prompt (if it exists) and appends the event to its history.
+    /// Changes a prompt (if it exists) and appends the event to its history. `change` returns
+    /// the list rows it touched; the header and the history row are added here.
     fn record(
         &mut self,
         prompt: &str,
         ev: &Event<'_>,
         version: Option<u64>,
         environment: Option<Environment>,
-        change: impl FnOnce(&mut Prompt),
-    ) -> Option<ObjectKey> {
-        let p = self.prompts.get_mut(prompt)?;
+        change: impl FnOnce(&mut Prompt) -> Vec<Row>,
+    ) -> Vec<Row> {
+        let Some(p) = self.prompts.get_mut(prompt) else {
+            return vec![];
+        };
+        // Copy-on-write: a reader's view may still hold this prompt; the copy shares every
+        // list item (`Arc`), so it costs pointers, not content.
         let p = Arc::make_mut(p);
-        change(p);
-        p.history.push(HistoryItem {
+        let mut rows = change(p);
+        p.push_history(HistoryItem {
             seq: ev.seq,
             kind: ev.statement.action.kind().to_owned(),
             actor: ev.statement.actor.clone(),
@@ -894,14 +991,15 @@ impl State {
             version,
             environment,
         });
-        let key = ObjectKey::Prompt(prompt.to_owned());
-        let d = digest(&*p);
-        self.digests.insert(key.encode(), d);
-        Some(key)
+        rows.push(Row::History(prompt.to_owned(), ev.seq));
+        rows.push(Row::Prompt(prompt.to_owned()));
+        self.digests
+            .insert(Row::Prompt(prompt.to_owned()).encode(), p.digest());
+        rows
     }
 
-    fn put_actor(&mut self, actor: Actor) -> ObjectKey {
-        let key = ObjectKey::Actor(actor.name.clone());
+    fn put_actor(&mut self, actor: Actor) -> Row {
+        let key = Row::Actor(actor.name.clone());
         self.digests.insert(key.encode(), digest(&actor));
         self.index_keys(&actor);
         self.actors.insert(actor.name.clone(), Arc::new(actor));
@@ -928,40 +1026,87 @@ impl State {
         }
     }
 
-    /// The JSON stored for an object in the `state` column family.
-    pub fn object_json(&self, key: &ObjectKey) -> Option<Vec<u8>> {
-        match key {
-            ObjectKey::Actor(n) => self.actors.get(n).map(|a| serde_json::to_vec(&**a)),
-            ObjectKey::Prompt(n) => self.prompts.get(n).map(|p| serde_json::to_vec(&**p)),
+    /// The JSON stored for a row of the `state` column family.
+    pub fn row_json(&self, row: &Row) -> Option<Vec<u8>> {
+        fn json<T: Serialize>(v: &T) -> Vec<u8> {
+            serde_json::to_vec(v).expect("state serializes")
         }
-        .map(|r| r.expect("state serializes"))
+        let prompt = |n: &str| self.prompts.get(n);
+        match row {
+            Row::Actor(n) => self.actors.get(n).map(|a| json(&**a)),
+            Row::Prompt(n) => prompt(n).map(|p| json(&**p)),
+            Row::Version(n, i) => prompt(n)?.version(*i).map(json),
+            Row::History(n, s) => prompt(n)?
+                .history
+                .iter()
+                .rev()
+                .find(|h| h.seq == *s)
+                .map(|h| json(&**h)),
+            Row::Evaluation(n, s) => prompt(n)?
+                .evaluations
+                .iter()
+                .rev()
+                .find(|e| e.seq == *s)
+                .map(|e| json(&**e)),
+            Row::Approval(n, s) => prompt(n)?
+                .approvals
+                .iter()
+                .rev()
+                .find(|a| a.seq == *s)
+                .map(json),
+            Row::Deployment(n, s) => prompt(n)?
+                .deployment_history
+                .iter()
+                .rev()
+                .find(|d| d.seq == *s)
+                .map(|d| json(&**d)),
+        }
     }
 
-    /// Rebuilds a state from stored objects and nonces (reopening a server), without replay.
+    /// Rebuilds a state from its stored rows (in key order) and nonces, without replay.
     pub fn load(
         ledger_id: &str,
-        objects: impl IntoIterator<Item = (ObjectKey, Vec<u8>)>,
+        rows: impl IntoIterator<Item = (Row, Vec<u8>)>,
         nonces: impl IntoIterator<Item = ((String, String), (Seq, Hash))>,
     ) -> Result<State, serde_json::Error> {
         let mut state = State {
             ledger_id: ledger_id.to_owned(),
             ..State::default()
         };
-        for (key, json) in objects {
-            match key {
-                ObjectKey::Actor(_) => {
+        let mut current: Option<Prompt> = None;
+        let finish = |state: &mut State, p: Option<Prompt>| {
+            if let Some(p) = p {
+                state
+                    .digests
+                    .insert(Row::Prompt(p.name.clone()).encode(), p.digest());
+                state.prompts.insert(p.name.clone(), Arc::new(p));
+            }
+        };
+        for (row, json) in rows {
+            match row {
+                Row::Actor(_) => {
                     let a: Actor = serde_json::from_slice(&json)?;
                     state.put_actor(a);
                 }
-                ObjectKey::Prompt(name) => {
-                    let p: Prompt = serde_json::from_slice(&json)?;
-                    state
-                        .digests
-                        .insert(ObjectKey::Prompt(name.clone()).encode(), digest(&p));
-                    state.prompts.insert(name, Arc::new(p));
+                Row::Prompt(_) => {
+                    let header: Prompt = serde_json::from_slice(&json)?;
+                    finish(&mut state, current.replace(header));
+                }
+                item => {
+                    // Rows of a prompt follow its header (see `Row`).
+                    let Some(p) = current.as_mut() else { continue };
+                    match item {
+                        Row::Version(..) => p.push_version(serde_json::from_slice(&json)?),
+                        Row::History(..) => p.push_history(serde_json::from_slice(&json)?),
+                        Row::Evaluation(..) => p.push_evaluation(serde_json::from_slice(&json)?),
+                        Row::Approval(..) => p.approvals.push(serde_json::from_slice(&json)?),
+                        Row::Deployment(..) => p.push_deployment(serde_json::from_slice(&json)?),
+                        Row::Actor(_) | Row::Prompt(_) => unreachable!("matched above"),
+                    }
                 }
             }
         }
+        finish(&mut state, current);
         state.nonces = nonces.into_iter().collect();
         Ok(state)
     }

@@ -192,7 +192,9 @@ pub async fn serve_with_clock(
         )
         .add_service(LedgerServiceServer::new(ledger_api))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Without TCP_NODELAY a response written after the request was read (the writer
+            // answers later) waits ~40 ms for the client's delayed ACK (Nagle).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;

@@ -9,6 +9,7 @@ use crate::proto::registry::v1::registry_service_server::RegistryService;
 use crate::registry::model::{Environment, Permission};
 use crate::registry::personality::{Registry, ViewCell};
 use crate::registry::state::{Prompt, Rejection, Version};
+use crate::registry::statement::Statement;
 use crate::storage::writer::{AppendError, Appender};
 use crate::storage::Store;
 use std::sync::Arc;
@@ -118,20 +119,33 @@ impl RegistryApi {
         signed: Option<pb::SignedStatement>,
         kind: &str,
     ) -> Result<pb::Receipt, ApiError> {
+        Ok(self.write_statement(signed, kind).await?.0)
+    }
+
+    /// [`Self::write`], also returning the statement that was written.
+    async fn write_statement(
+        &self,
+        signed: Option<pb::SignedStatement>,
+        kind: &str,
+    ) -> Result<(pb::Receipt, Statement), ApiError> {
         let sub = verify_statement(&self.view.load(), signed, kind, self.now(), &self.auth)?;
-        match self.appender.submit(sub).await {
-            Ok(r) => Ok(pb::Receipt {
+        let statement = sub.statement.clone();
+        let receipt = match self.appender.submit(sub).await {
+            Ok(r) => pb::Receipt {
                 sequence: r.seq,
                 leaf_hash: r.leaf_hash.to_vec(),
                 checkpoint: r.checkpoint.to_vec(),
                 duplicate: false,
-            }),
+            },
             // A retry of a statement already recorded: answer as the first time, append nothing.
-            Err(AppendError::Rejected(Rejection::Duplicate { seq })) => self.duplicate_receipt(seq),
-            Err(AppendError::Rejected(r)) => Err(r.into()),
-            Err(AppendError::WriterStopped) => Err(ApiError::Unavailable),
-            Err(AppendError::Storage(e)) => Err(ApiError::Internal(e)),
-        }
+            Err(AppendError::Rejected(Rejection::Duplicate { seq })) => {
+                self.duplicate_receipt(seq)?
+            }
+            Err(AppendError::Rejected(r)) => return Err(r.into()),
+            Err(AppendError::WriterStopped) => return Err(ApiError::Unavailable),
+            Err(AppendError::Storage(e)) => return Err(ApiError::Internal(e)),
+        };
+        Ok((receipt, statement))
     }
 
     fn duplicate_receipt(&self, seq: u64) -> Result<pb::Receipt, ApiError> {
@@ -294,19 +308,24 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::CommitVersionRequest>,
     ) -> Result<Response<pb::CommitVersionResponse>, Status> {
-        let receipt = self
-            .write(request.into_inner().statement, "commit_version")
+        let (receipt, statement) = self
+            .write_statement(request.into_inner().statement, "commit_version")
             .await?;
         // The view was swapped before the writer answered, so the new version is in it.
         let view = self.view.load();
-        let version = view
-            .prompts
-            .values()
-            .flat_map(|p| p.versions.iter().rev().take(64))
-            .find(|v| v.seq == receipt.sequence)
-            .cloned();
+        let version = statement
+            .action
+            .prompt()
+            .and_then(|name| view.prompts.get(name))
+            .and_then(|p| {
+                p.versions
+                    .iter()
+                    .rev()
+                    .find(|v| v.seq == receipt.sequence)
+                    .cloned()
+            });
         let (version, content_hash) =
-            version.map_or((0, String::new()), |v| (v.number, v.content_hash));
+            version.map_or((0, String::new()), |v| (v.number, v.content_hash.clone()));
         Ok(Response::new(pb::CommitVersionResponse {
             receipt: Some(receipt),
             version,
