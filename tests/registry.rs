@@ -762,3 +762,63 @@ async fn a_restart_keeps_everything() {
     w.server.stop().await;
     assert!(node::rebuild(&w.dir).unwrap().consistent());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checking_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, ServerReflectionRequest,
+    };
+
+    let w = world().await;
+    let channel = tonic::transport::Channel::from_shared(w.server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in [
+        "promptledger.registry.v1.RegistryService",
+        "promptledger.ledger.v1.LedgerService",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+    // What `grpcurl -plaintext host:port list` asks.
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("{reply:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "promptledger.registry.v1.RegistryService",
+        "promptledger.ledger.v1.LedgerService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    w.server.stop().await;
+}

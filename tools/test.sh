@@ -7,4 +7,5 @@ tools/setup.sh
 # A build directory outside the clone, so a fresh clone reuses an earlier build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/promptledger-target}"
 export PROMPTLEDGER_CRASH_CYCLES="${PROMPTLEDGER_CRASH_CYCLES:-20}"
+tools/lint-proto.sh
 cargo test --locked --all-targets "$@"
