@@ -10,7 +10,7 @@ use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_service_client::RegistryServiceClient;
 use crate::registry::statement::{Action, Statement, STATEMENT_PAYLOAD_TYPE};
 use crate::storage::writer::system_clock_ms;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 /// A connection acting as one actor.
@@ -29,11 +29,17 @@ impl Client {
     /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) as the owner of `key`, and learns
     /// the ledger id from the public checkpoint.
     pub async fn connect(endpoint: String, key: KeyPair) -> Result<Client, Status> {
-        let channel = Channel::from_shared(endpoint)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
+        let endpoint =
+            Endpoint::from_shared(endpoint).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Self::connect_endpoint(endpoint, key).await
+    }
+
+    /// [`Self::connect`] with a configured endpoint (TLS, timeouts).
+    pub async fn connect_endpoint(endpoint: Endpoint, key: KeyPair) -> Result<Client, Status> {
+        let channel = endpoint
             .connect()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(format!("{e:?}")))?;
         let mut ledger = LedgerServiceClient::new(channel.clone());
         let note = ledger
             .get_checkpoint(GetCheckpointRequest {})

@@ -822,3 +822,95 @@ async fn health_checking_and_reflection_are_served() {
     }
     w.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_the_same_api_and_refuses_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key_pem) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(&key_pem)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let dir = DataDir::new(tmp.path().join("data"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = Config {
+        data_dir: dir.root.clone(),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key_pem),
+        ..Config::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&cert).unwrap(),
+        ))
+        .domain_name("localhost");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let mut connected = Err(tonic::Status::unavailable("not tried"));
+    for _ in 0..100 {
+        if dir.admin_key().exists() {
+            connected = Client::connect_endpoint(
+                endpoint.clone(),
+                keyfile::read_key(&dir.admin_key()).unwrap(),
+            )
+            .await;
+            if connected.is_ok() {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut admin = connected.expect("TLS client connects");
+    let alice = key("alice");
+    admin
+        .submit(Action::RegisterActor {
+            name: "alice".into(),
+            key: alice.public().to_vkey(),
+            roles: vec![Role::Author],
+        })
+        .await
+        .unwrap();
+    assert!(tree_size(&mut admin).await >= 2);
+    assert!(
+        Client::connect(format!("http://{addr}"), alice)
+            .await
+            .is_err(),
+        "plaintext must not work against TLS"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -3,6 +3,7 @@
 # Rust toolchain lacks. Idempotent: installs only what is missing.
 #   libclang-dev  - bindgen for the rocksdb crate's C++ build
 #   nats-server   - the NATS JetStream tests start their own server from PATH
+#   openssl       - the TLS test makes a throwaway certificate
 #   python3 grpcio grpcio-tools cryptography - the Python example client's test
 set -euo pipefail
 
@@ -11,6 +12,7 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' && ! ls /usr
   missing+=(libclang-dev)
 fi
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2

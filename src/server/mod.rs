@@ -205,3 +205,39 @@ pub async fn serve_with_clock(
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_overrides_defaults_and_refuses_unknown_keys() {
+        let c: Config =
+            toml::from_str("listen = \"0.0.0.0:6000\"\nclock_skew_secs = 30\n").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(c.clock_skew_secs, 30);
+        assert_eq!(c.data_dir, Config::default().data_dir);
+        assert_eq!(c.validate(), Ok(()));
+        assert!(toml::from_str::<Config>("lisen = \"0.0.0.0:6000\"").is_err());
+        let half_tls = Config {
+            tls_cert: Some("c.pem".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            half_tls.validate(),
+            Err("tls_cert and tls_key must be given together".into())
+        );
+        let zero = Config {
+            max_payload_bytes: 0,
+            ..Config::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn defaults_just_work() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.validate(), Ok(()));
+    }
+}
