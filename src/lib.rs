@@ -15,6 +15,7 @@
 //! - [`server`]: the gRPC server (`serve(config, listener, shutdown)`), authentication, and the
 //!   one mapping of errors to gRPC status codes.
 //! - [`client`]: a Rust client that signs statements and manages read sessions.
+//! - [`sigbatch`]: batched Ed25519 verification with strict semantics for the write path.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these.
 
@@ -24,6 +25,7 @@ pub mod ledger;
 pub mod node;
 pub mod registry;
 pub mod server;
+pub mod sigbatch;
 pub mod storage;
 
 /// Generated protobuf and gRPC code (`proto/`).

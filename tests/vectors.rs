@@ -602,3 +602,50 @@ fn checkpoint_bodies_parse_as_published() {
         }
     }
 }
+
+/// The write path's batched verification must accept exactly what `verify_strict` accepts.
+#[test]
+fn batched_verification_agrees_with_strict_on_wycheproof() {
+    use promptledger::sigbatch::{verify_many, SigItem};
+    let v = load("ed25519_wycheproof.json");
+    let mut items = Vec::new();
+    let mut want = Vec::new();
+    for group in v["data"]["testGroups"].as_array().unwrap() {
+        let pk = hex::decode(group["publicKey"]["pk"].as_str().unwrap()).unwrap();
+        let Some(key) = pk
+            .try_into()
+            .ok()
+            .and_then(|b: [u8; 32]| VerifyingKey::from_bytes(&b).ok())
+        else {
+            continue;
+        };
+        for t in group["tests"].as_array().unwrap() {
+            let message = hex::decode(t["msg"].as_str().unwrap()).unwrap();
+            let Ok(signature) =
+                Signature::from_slice(&hex::decode(t["sig"].as_str().unwrap()).unwrap())
+            else {
+                continue;
+            };
+            want.push(key.verify_strict(&message, &signature).is_ok());
+            items.push(SigItem {
+                message,
+                signature,
+                key,
+            });
+        }
+    }
+    assert!(items.len() > 100 && want.iter().any(|w| !w));
+    // Mixed batches (valid and invalid together) and single-item batches.
+    assert_eq!(verify_many(&items), want);
+    for (item, w) in items.iter().zip(&want) {
+        assert_eq!(verify_many(std::slice::from_ref(item)), vec![*w]);
+    }
+    // A batch of only valid signatures takes the batch path.
+    let valid: Vec<SigItem> = items
+        .iter()
+        .zip(&want)
+        .filter(|(_, w)| **w)
+        .map(|(i, _)| i.clone())
+        .collect();
+    assert!(verify_many(&valid).iter().all(|ok| *ok));
+}

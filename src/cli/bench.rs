@@ -8,6 +8,7 @@ use promptledger::keyfile;
 use promptledger::ledger::dsse::Envelope;
 use promptledger::ledger::merkle;
 use promptledger::node::{self, DataDir};
+use promptledger::sigbatch::{SigItem, SignatureBatcher};
 use promptledger::storage::writer::{RawLog, WriterConfig};
 use promptledger::storage::Store;
 use rayon::prelude::*;
@@ -68,8 +69,9 @@ fn ledger(args: LedgerArgs) -> Result<ExitCode> {
         .build()?;
 
     // 1. Durable appends through the group-commit writer, signatures pre-made, verified on
-    //    append (in the submitting tasks, off the writer thread, as the server does).
+    //    append (batched, strict semantics, off the writer thread, as the server does).
     let ledger = node::open(&dir, RawLog, WriterConfig::default())?;
+    let batcher = SignatureBatcher::start();
     let mut append_time = Duration::ZERO;
     let mut done = 0u64;
     while done < args.entries {
@@ -103,9 +105,22 @@ fn ledger(args: LedgerArgs) -> Result<ExitCode> {
             for chunk in chunks {
                 let appender = ledger.appender();
                 let keyid = keyid.clone();
+                let batcher = batcher.clone();
                 tasks.push(tokio::spawn(async move {
                     for env in chunk {
-                        env.verify_all(|k| (k == keyid).then_some(public))?;
+                        let items = env
+                            .signatures
+                            .iter()
+                            .map(|s| {
+                                anyhow::ensure!(s.keyid == keyid, "unknown key {}", s.keyid);
+                                Ok(SigItem {
+                                    message: env.pae(),
+                                    signature: ed25519_dalek::Signature::from_slice(&s.sig)?,
+                                    key: public,
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        anyhow::ensure!(batcher.verify(items).await, "signature does not verify");
                         appender.submit(env).await?;
                     }
                     anyhow::Ok(())

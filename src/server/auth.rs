@@ -13,6 +13,7 @@ use crate::proto::registry::v1 as pb;
 use crate::registry::model::{Permission, Role};
 use crate::registry::personality::{Submission, View};
 use crate::registry::statement::{Statement, STATEMENT_PAYLOAD_TYPE};
+use crate::sigbatch::{SigItem, SignatureBatcher};
 use ed25519_dalek::Signature;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -28,13 +29,44 @@ pub struct AuthConfig {
 }
 
 /// Checks a signed statement and turns it into a [`Submission`] for the writer.
-pub fn verify_statement(
+pub async fn verify_statement(
     view: &View,
     signed: Option<pb::SignedStatement>,
     expected_kind: &str,
     now_ms: u64,
     config: &AuthConfig,
+    batcher: &SignatureBatcher,
 ) -> Result<Submission, ApiError> {
+    let (submission, items) = check_statement(view, signed, expected_kind, now_ms, config)?;
+    if batcher.verify(items.clone()).await {
+        return Ok(submission);
+    }
+    // Name the signature that failed (rare path: strict checks one by one).
+    let failed = submission
+        .envelope
+        .signatures
+        .iter()
+        .zip(&items)
+        .find(|(_, item)| {
+            item.key
+                .verify_strict(&item.message, &item.signature)
+                .is_err()
+        })
+        .map_or_else(|| submission.signer.clone(), |(s, _)| s.keyid.clone());
+    Err(ApiError::Unauthenticated(format!(
+        "signature by {failed} does not verify"
+    )))
+}
+
+/// Everything [`verify_statement`] checks except the Ed25519 equations, which it returns as
+/// items for the [`SignatureBatcher`].
+fn check_statement(
+    view: &View,
+    signed: Option<pb::SignedStatement>,
+    expected_kind: &str,
+    now_ms: u64,
+    config: &AuthConfig,
+) -> Result<(Submission, Vec<SigItem>), ApiError> {
     let signed = signed.ok_or_else(|| ApiError::invalid("statement", "a signed statement"))?;
     if signed.payload.len() > config.max_payload_bytes {
         return Err(ApiError::TooLarge {
@@ -95,6 +127,7 @@ pub fn verify_statement(
         )));
     }
     let message = envelope.pae();
+    let mut items = Vec::with_capacity(envelope.signatures.len());
     for s in &envelope.signatures {
         let Some((actor, key)) = view.keys.get(&s.keyid) else {
             return Err(ApiError::Unauthenticated(format!(
@@ -108,21 +141,26 @@ pub fn verify_statement(
                 statement.actor, s.keyid
             )));
         }
-        let sig = Signature::from_slice(&s.sig).map_err(|_| {
+        let signature = Signature::from_slice(&s.sig).map_err(|_| {
             ApiError::invalid("statement.signatures.sig", "a 64-byte Ed25519 signature")
         })?;
-        key.verify_strict(&message, &sig).map_err(|_| {
-            ApiError::Unauthenticated(format!("signature by {} does not verify", s.keyid))
-        })?;
+        items.push(SigItem {
+            message: message.clone(),
+            signature,
+            key: *key,
+        });
     }
     let signer = envelope.signatures[0].keyid.clone();
     let payload_hash = Sha256::digest(&envelope.payload).into();
-    Ok(Submission {
-        envelope,
-        statement,
-        signer,
-        payload_hash,
-    })
+    Ok((
+        Submission {
+            envelope,
+            statement,
+            signer,
+            payload_hash,
+        },
+        items,
+    ))
 }
 
 /// A read session.

@@ -148,6 +148,7 @@ pub async fn serve_with_clock(
         sessions: sessions.clone(),
         auth: config.auth(),
         clock: clock.clone(),
+        batcher: crate::sigbatch::SignatureBatcher::start(),
     };
     let ledger_api = ledger::LedgerApi {
         store: store.clone(),

@@ -10,6 +10,7 @@ use crate::registry::model::{Environment, Permission};
 use crate::registry::personality::{Registry, ViewCell};
 use crate::registry::state::{Prompt, Rejection, Version};
 use crate::registry::statement::Statement;
+use crate::sigbatch::SignatureBatcher;
 use crate::storage::writer::{AppendError, Appender};
 use crate::storage::Store;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub struct RegistryApi {
     pub sessions: Arc<Sessions>,
     pub auth: AuthConfig,
     pub clock: Clock,
+    pub batcher: SignatureBatcher,
 }
 
 const DEFAULT_PAGE: usize = 50;
@@ -128,7 +130,15 @@ impl RegistryApi {
         signed: Option<pb::SignedStatement>,
         kind: &str,
     ) -> Result<(pb::Receipt, Statement), ApiError> {
-        let sub = verify_statement(&self.view.load(), signed, kind, self.now(), &self.auth)?;
+        let sub = verify_statement(
+            &self.view.load(),
+            signed,
+            kind,
+            self.now(),
+            &self.auth,
+            &self.batcher,
+        )
+        .await?;
         let statement = sub.statement.clone();
         let receipt = match self.appender.submit(sub).await {
             Ok(r) => pb::Receipt {
@@ -182,7 +192,9 @@ impl RegistryService for RegistryApi {
             "open_session",
             now,
             &self.auth,
-        )?;
+            &self.batcher,
+        )
+        .await?;
         let (token, session) = self.sessions.open(&view, &sub, now, &self.auth)?;
         Ok(Response::new(pb::CreateSessionResponse {
             token,

@@ -1,0 +1,138 @@
+//! Batched Ed25519 verification for the write path, with strict-verification semantics.
+//!
+//! Checking one signature with `verify_strict` costs about 50 µs of CPU here and limited durable
+//! appends to ~32,000/s on 2 cores, while the writer alone does over 100,000/s. Batch
+//! verification checks many signatures with one multi-scalar multiplication, about twice as
+//! fast per signature, but on its own it is more permissive than `verify_strict`: it does not
+//! refuse a small-order or non-canonically encoded `R`. [`verify_many`] adds exactly those
+//! checks, so it accepts precisely what `verify_strict` accepts (the Wycheproof and RFC 8032
+//! vectors check it), and falls back to `verify_strict` one by one for a batch that fails, so a
+//! bad signature fails only its own request.
+//!
+//! [`SignatureBatcher`] is the service: requests queue on a channel, one thread takes what has
+//! queued (while the writer commits the previous group) and verifies it on the rayon pool.
+
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use ed25519_dalek::{Signature, VerifyingKey};
+use rayon::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+
+/// One signature to check.
+#[derive(Clone, Debug)]
+pub struct SigItem {
+    pub message: Vec<u8>,
+    pub signature: Signature,
+    pub key: VerifyingKey,
+}
+
+/// Signatures per batch equation.
+const BATCH: usize = 64;
+/// Most signatures taken from the queue at once.
+const MAX_TAKE: usize = 4096;
+
+/// Is the 32-byte encoding of a field element canonical (`y < 2^255 - 19`, sign bit ignored)?
+fn canonical_y(bytes: &[u8; 32]) -> bool {
+    let mut y = *bytes;
+    y[31] &= 0x7f;
+    // p = 2^255 - 19 = 0x7fff...ffed (little-endian): y >= p iff y[31] == 0x7f, y[1..31] all
+    // 0xff and y[0] >= 0xed.
+    !(y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed)
+}
+
+/// What `verify_strict` refuses before its equation and a batch equation does not check.
+fn strict_preconditions(item: &SigItem) -> bool {
+    let r = item.signature.r_bytes();
+    if !canonical_y(r) || item.key.is_weak() {
+        return false;
+    }
+    match CompressedEdwardsY(*r).decompress() {
+        // Points with x = 0 are y = ±1, both of small order, so the sign bit needs no check.
+        Some(point) => !point.is_small_order(),
+        None => false,
+    }
+}
+
+/// Verifies each item; the result says which ones verify, with `verify_strict` semantics.
+pub fn verify_many(items: &[SigItem]) -> Vec<bool> {
+    items
+        .par_chunks(BATCH)
+        .flat_map_iter(|chunk| {
+            let pre: Vec<bool> = chunk.iter().map(strict_preconditions).collect();
+            let all_pre = pre.iter().all(|&ok| ok);
+            let batch_ok = all_pre && {
+                let msgs: Vec<&[u8]> = chunk.iter().map(|i| i.message.as_slice()).collect();
+                let sigs: Vec<Signature> = chunk.iter().map(|i| i.signature).collect();
+                let keys: Vec<VerifyingKey> = chunk.iter().map(|i| i.key).collect();
+                ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+            };
+            let results: Vec<bool> = if batch_ok {
+                vec![true; chunk.len()]
+            } else {
+                chunk
+                    .iter()
+                    .map(|i| i.key.verify_strict(&i.message, &i.signature).is_ok())
+                    .collect()
+            };
+            results.into_iter()
+        })
+        .collect()
+}
+
+struct Job {
+    items: Vec<SigItem>,
+    reply: oneshot::Sender<bool>,
+}
+
+/// A running batch verifier. Cheap to clone.
+#[derive(Clone)]
+pub struct SignatureBatcher {
+    tx: mpsc::Sender<Job>,
+}
+
+impl SignatureBatcher {
+    /// Starts the verifier thread; it stops when the last clone is dropped.
+    pub fn start() -> Self {
+        let (tx, mut rx) = mpsc::channel::<Job>(65_536);
+        std::thread::Builder::new()
+            .name("sig-batcher".into())
+            .spawn(move || {
+                let mut jobs = Vec::new();
+                while let Some(first) = rx.blocking_recv() {
+                    let mut count = first.items.len();
+                    jobs.push(first);
+                    while count < MAX_TAKE {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                count += job.items.len();
+                                jobs.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let mut flat = Vec::with_capacity(count);
+                    let mut replies = Vec::with_capacity(jobs.len());
+                    for job in jobs.drain(..) {
+                        replies.push((job.items.len(), job.reply));
+                        flat.extend(job.items);
+                    }
+                    let mut results = verify_many(&flat).into_iter();
+                    for (n, reply) in replies {
+                        let ok = n > 0 && results.by_ref().take(n).fold(true, |acc, r| acc && r);
+                        let _ = reply.send(ok);
+                    }
+                }
+            })
+            .expect("spawn the signature batcher");
+        SignatureBatcher { tx }
+    }
+
+    /// `true` if every item verifies (and there is at least one).
+    pub async fn verify(&self, items: Vec<SigItem>) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let n = items.len();
+        if self.tx.send(Job { items, reply }).await.is_err() {
+            return false;
+        }
+        n > 0 && rx.await.unwrap_or(false)
+    }
+}
