@@ -77,6 +77,10 @@ fn roles(p: &Permission) -> String {
         .join(", ")
 }
 
+fn approval_name(prompt: &str, version: u64, environment: Environment, by: &str) -> String {
+    format!("approval of {prompt} version {version} for {environment} by {by}")
+}
+
 fn fmt_version(v: Option<u64>) -> String {
     v.map_or("none".to_owned(), |v| v.to_string())
 }
@@ -235,6 +239,16 @@ impl Prompt {
         h.update(self.chains.history);
         h.update(digest(&self.approvals));
         h.finalize().into()
+    }
+
+    /// Whether `by` has an unrevoked approval of `version` for `environment`.
+    pub fn active_approval(&self, version: u64, environment: Environment, by: &str) -> bool {
+        self.approvals.iter().any(|a| {
+            a.version == version
+                && a.environment == environment
+                && a.by == by
+                && a.revoked_seq.is_none()
+        })
     }
 
     fn push_version(&mut self, v: Version) {
@@ -571,16 +585,9 @@ impl State {
                     });
                 }
                 let p = self.existing_prompt(prompt)?;
-                if p.approvals.iter().any(|a| {
-                    a.version == *version
-                        && a.environment == *environment
-                        && a.by == actor
-                        && a.revoked_seq.is_none()
-                }) {
+                if p.active_approval(*version, *environment, actor) {
                     return Err(Rejection::AlreadyExists {
-                        what: format!(
-                            "approval of {prompt} version {version} for {environment} by {actor}"
-                        ),
+                        what: approval_name(prompt, *version, *environment, actor),
                     });
                 }
                 Ok(())
@@ -596,16 +603,9 @@ impl State {
                 if reason.trim().is_empty() {
                     return Err(invalid("reason", "a non-empty reason"));
                 }
-                if !p.approvals.iter().any(|a| {
-                    a.version == *version
-                        && a.environment == *environment
-                        && a.by == actor
-                        && a.revoked_seq.is_none()
-                }) {
+                if !p.active_approval(*version, *environment, actor) {
                     return Err(Rejection::NotFound {
-                        what: format!(
-                            "approval of {prompt} version {version} for {environment} by {actor}"
-                        ),
+                        what: approval_name(prompt, *version, *environment, actor),
                     });
                 }
                 Ok(())
