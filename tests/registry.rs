@@ -570,9 +570,23 @@ async fn every_bad_request_gets_its_status_and_writes_nothing() {
         content_hash: hash_of("v1"),
         environment: Environment::Dev,
     };
-    // ci may approve, but ci did not write v1; make ci the author of v2 instead? Authors and
-    // approvers differ here; four eyes is checked in state tests. Rollback precondition:
+    // Someone who did not write v1 may approve it.
     c.ci.submit(self_approval).await.unwrap();
+    // Four eyes: an actor who is both author and reviewer may not approve its own version.
+    let eve = key("eve");
+    register(&mut c.admin, &eve, &[Role::Author, Role::Reviewer]).await;
+    let mut eve_client = client(&w, &eve).await;
+    eve_client
+        .submit(commit("p", Some(1), "v2 by eve"))
+        .await
+        .unwrap();
+    let fut = eve_client.submit(Action::ApproveVersion {
+        prompt: "p".into(),
+        version: 2,
+        content_hash: hash_of("v2 by eve"),
+        environment: Environment::Dev,
+    });
+    refused(&mut obs, fut, Code::FailedPrecondition, "four eyes").await;
     let fut = c.dora.submit(Action::RollbackPrompt {
         prompt: "p".into(),
         version: 1,
@@ -581,7 +595,7 @@ async fn every_bad_request_gets_its_status_and_writes_nothing() {
     });
     refused(&mut obs, fut, Code::FailedPrecondition, "was not live").await;
     let fut = c.alice.submit(commit("p", None, "v2 on a stale parent"));
-    refused(&mut obs, fut, Code::Aborted, "current head is 1").await;
+    refused(&mut obs, fut, Code::Aborted, "current head is 2").await;
 
     // ALREADY_EXISTS for a nonce used by a different statement.
     let first = Statement {
@@ -913,4 +927,40 @@ async fn tls_serves_the_same_api_and_refuses_plaintext() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_stops_signing_and_the_new_one_works() {
+    let w = world().await;
+    let mut c = cast(&w).await;
+    c.alice
+        .submit(Action::CreatePrompt {
+            prompt: "p".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let new_alice = KeyPair::from_seed("alice", &[99; 32]).unwrap();
+    // The actor rotates its own key, signing with the old one.
+    c.alice
+        .submit(Action::RotateKey {
+            name: "alice".into(),
+            new_key: new_alice.public().to_vkey(),
+        })
+        .await
+        .unwrap();
+    let mut obs = client(&w, &w.admin).await;
+    let fut = c
+        .alice
+        .submit(commit("p", None, "signed with the retired key"));
+    refused(&mut obs, fut, Code::Unauthenticated, "alice+").await;
+    let mut fresh = client(&w, &new_alice).await;
+    fresh
+        .submit(commit("p", None, "signed with the new key"))
+        .await
+        .unwrap();
+    w.server.stop().await;
+    // Each signature was judged against the keys valid at its position in the log.
+    node::verify_dir(&w.dir, None, None).unwrap();
+    assert!(node::rebuild(&w.dir).unwrap().consistent());
 }
