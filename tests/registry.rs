@@ -174,6 +174,18 @@ async fn cast(w: &World) -> Cast {
     }
 }
 
+/// Creates `prompt` and commits its version 1 (template "v1").
+async fn create_with_v1(author: &mut Client, prompt: &str) {
+    author
+        .submit(Action::CreatePrompt {
+            prompt: prompt.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    author.submit(commit(prompt, None, "v1")).await.unwrap();
+}
+
 fn get(prompt: &str, env: &str) -> pb::GetPromptRequest {
     pb::GetPromptRequest {
         prompt: prompt.into(),
@@ -416,14 +428,7 @@ async fn refused<T: std::fmt::Debug>(
 async fn every_bad_request_gets_its_status_and_writes_nothing() {
     let w = world().await;
     let mut c = cast(&w).await;
-    c.alice
-        .submit(Action::CreatePrompt {
-            prompt: "p".into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    c.alice.submit(commit("p", None, "v1")).await.unwrap();
+    create_with_v1(&mut c.alice, "p").await;
     let mut obs = client(&w, &w.admin).await;
 
     // INVALID_ARGUMENT, naming the field.
@@ -693,14 +698,7 @@ async fn a_retried_statement_returns_the_original_receipt_and_appends_nothing() 
 async fn concurrent_commits_on_one_parent_exactly_one_wins() {
     let w = world().await;
     let mut c = cast(&w).await;
-    c.alice
-        .submit(Action::CreatePrompt {
-            prompt: "p".into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    c.alice.submit(commit("p", None, "v1")).await.unwrap();
+    create_with_v1(&mut c.alice, "p").await;
     let mut tasks = Vec::new();
     for i in 0..12 {
         let statement = c
@@ -733,14 +731,7 @@ async fn concurrent_commits_on_one_parent_exactly_one_wins() {
 async fn a_restart_keeps_everything() {
     let w = world().await;
     let mut c = cast(&w).await;
-    c.alice
-        .submit(Action::CreatePrompt {
-            prompt: "p".into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    c.alice.submit(commit("p", None, "v1")).await.unwrap();
+    create_with_v1(&mut c.alice, "p").await;
     c.dora
         .submit(Action::PromoteVersion {
             prompt: "p".into(),
