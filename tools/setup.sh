@@ -8,7 +8,9 @@
 set -euo pipefail
 
 missing=()
-if ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' && ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+# bindgen needs libclang itself (libclang.so / libclang-N.so), not just libclang-cpp, which the
+# base image ships; the -dev package brings the right one.
+if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q "install ok installed"; then
   missing+=(libclang-dev)
 fi
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
