@@ -262,3 +262,85 @@ fn stored_nodes_serve_proofs_that_verify_against_the_checkpoint() {
         merkle::verify_consistency(old, cp.size, &old_root, &cp.root, &proof).unwrap();
     }
 }
+
+/// The verifier checks each chunk's signatures on the pool while it reads the next chunk; the
+/// first failure reported must still be the one with the smallest sequence number.
+#[test]
+fn the_first_bad_sequence_number_is_named_across_chunks() {
+    let f = fixture();
+    let ledger = node::open(&f.dir, RawLog, WriterConfig::default()).unwrap();
+    // The same signed envelope 20,000 times: the signature covers only the payload, and the
+    // entries still differ (sequence, previous hash), so this makes a long ledger cheaply.
+    let env = signed(&f.admin, 0);
+    let appender = ledger.appender();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..20_000)
+            .map(|_| {
+                let (a, e) = (appender.clone(), env.clone());
+                tokio::spawn(async move { a.submit(e).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    drop(appender);
+    ledger.close();
+    let store = Store::open(&f.dir.db()).unwrap();
+    let key = node::ledger_public_key(&f.dir, None).unwrap();
+    node::verify_store(&store, &key, None).expect("the long ledger verifies");
+    // Without the stored-node comparison (as for an export bundle), a corrupted signature is a
+    // signature failure at its entry and a broken link at the next one.
+    let verify = |store: &Store| {
+        let note = store.checkpoint().unwrap().unwrap();
+        let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
+        let mut keyring = promptledger::registry::keyring::RegistryKeyring::new();
+        promptledger::ledger::verify::verify_log(
+            entries,
+            &key,
+            &note,
+            &mut keyring,
+            Default::default(),
+        )
+    };
+    let flip_last_byte = |seq: u64| {
+        let original = store.entry(seq).unwrap().unwrap();
+        let mut bad = original.clone();
+        *bad.last_mut().unwrap() ^= 1; // last byte of the signature
+        store.raw_put(cf::ENTRIES, &entry_key(seq), &bad).unwrap();
+        original
+    };
+    // The last entry of the first chunk: its signature is checked in the background while the
+    // second chunk is read, where the broken link shows up first in time. The earlier one wins.
+    let last_of_first = promptledger::ledger::verify::CHUNK as u64 - 1;
+    let original = flip_last_byte(last_of_first);
+    let err = verify(&store).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::BadSignature {
+            seq: last_of_first,
+            keyid: f.admin.key_id().to_string()
+        }
+    );
+    store
+        .raw_put(cf::ENTRIES, &entry_key(last_of_first), &original)
+        .unwrap();
+    // Inside the second chunk: the signature failure precedes the broken link after it.
+    let original = flip_last_byte(18_000);
+    let err = verify(&store).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::BadSignature {
+            seq: 18_000,
+            keyid: f.admin.key_id().to_string()
+        }
+    );
+    store
+        .raw_put(cf::ENTRIES, &entry_key(18_000), &original)
+        .unwrap();
+    verify(&store).expect("restored");
+}

@@ -138,7 +138,7 @@ pub struct Observers<'a> {
 
 /// Entries decoded and hashed per parallel step (measured: 16384 with batches of 2048 verifies
 /// 1M entries ~20 % faster than 8192 and 256).
-const CHUNK: usize = 16384;
+pub const CHUNK: usize = 16384;
 /// Signatures per batch verification call.
 const BATCH: usize = 2048;
 
