@@ -94,11 +94,18 @@ impl ViewCell {
     }
 }
 
+/// A decided statement waiting for `apply` (its envelope went to the writer).
+struct Decided {
+    statement: Statement,
+    signer: String,
+    payload_hash: Hash,
+}
+
 pub struct Registry {
     state: State,
     view: ViewCell,
     /// The statement decided last, applied next (the writer always calls them in pairs).
-    pending: Option<Submission>,
+    pending: Option<Decided>,
 }
 
 /// `nonces` column family key: actor ‖ 0x00 ‖ nonce.
@@ -174,8 +181,18 @@ impl Personality for Registry {
             payload_hash: sub.payload_hash,
         };
         self.state.decide(&ev)?;
-        let envelope = sub.envelope.clone();
-        self.pending = Some(sub);
+        // The envelope moves on to the writer; the parsed statement waits for `apply`.
+        let Submission {
+            envelope,
+            statement,
+            signer,
+            payload_hash,
+        } = sub;
+        self.pending = Some(Decided {
+            statement,
+            signer,
+            payload_hash,
+        });
         Ok((envelope, ()))
     }
 

@@ -1031,35 +1031,28 @@ impl State {
         fn json<T: Serialize>(v: &T) -> Vec<u8> {
             serde_json::to_vec(v).expect("state serializes")
         }
+        /// The newest item of `items` recorded at `seq` (rows are written right after the
+        /// event that made them, so the search ends at once).
+        fn at<'a, T: Serialize + 'a>(
+            items: impl DoubleEndedIterator<Item = &'a T>,
+            seq: Seq,
+            seq_of: impl Fn(&T) -> Seq,
+        ) -> Option<Vec<u8>> {
+            items.rev().find(|i| seq_of(i) == seq).map(json)
+        }
         let prompt = |n: &str| self.prompts.get(n);
         match row {
             Row::Actor(n) => self.actors.get(n).map(|a| json(&**a)),
             Row::Prompt(n) => prompt(n).map(|p| json(&**p)),
             Row::Version(n, i) => prompt(n)?.version(*i).map(json),
-            Row::History(n, s) => prompt(n)?
-                .history
-                .iter()
-                .rev()
-                .find(|h| h.seq == *s)
-                .map(|h| json(&**h)),
-            Row::Evaluation(n, s) => prompt(n)?
-                .evaluations
-                .iter()
-                .rev()
-                .find(|e| e.seq == *s)
-                .map(|e| json(&**e)),
-            Row::Approval(n, s) => prompt(n)?
-                .approvals
-                .iter()
-                .rev()
-                .find(|a| a.seq == *s)
-                .map(json),
-            Row::Deployment(n, s) => prompt(n)?
-                .deployment_history
-                .iter()
-                .rev()
-                .find(|d| d.seq == *s)
-                .map(|d| json(&**d)),
+            Row::History(n, s) => at(prompt(n)?.history.iter().map(|h| &**h), *s, |h| h.seq),
+            Row::Evaluation(n, s) => at(prompt(n)?.evaluations.iter().map(|e| &**e), *s, |e| e.seq),
+            Row::Approval(n, s) => at(prompt(n)?.approvals.iter(), *s, |a| a.seq),
+            Row::Deployment(n, s) => at(
+                prompt(n)?.deployment_history.iter().map(|d| &**d),
+                *s,
+                |d| d.seq,
+            ),
         }
     }
 
