@@ -235,8 +235,8 @@ pub fn verify_store(
     let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
     // Nodes of each level are produced in index order, so one sequential cursor per level
     // compares them with what is stored, without random reads.
-    let mut cursors: Vec<Box<dyn Iterator<Item = Result<(NodeId, Hash), StoreError>> + '_>> =
-        Vec::new();
+    type LevelCursor<'s> = Box<dyn Iterator<Item = Result<(NodeId, Hash), StoreError>> + 's>;
+    let mut cursors: Vec<LevelCursor<'_>> = Vec::new();
     let mut node_check = |id: NodeId, hash: &[u8; 32]| -> Result<(), String> {
         while cursors.len() <= id.level as usize {
             let level = cursors.len() as u8;

@@ -117,7 +117,9 @@ impl SignatureBatcher {
                     }
                     let mut results = verify_many(&flat).into_iter();
                     for (n, reply) in replies {
-                        let ok = n > 0 && results.by_ref().take(n).fold(true, |acc, r| acc && r);
+                        // Consume exactly `n` results (no short-circuit), so the next reply's line up.
+                        let failed = results.by_ref().take(n).filter(|ok| !ok).count();
+                        let ok = n > 0 && failed == 0;
                         let _ = reply.send(ok);
                     }
                 }

@@ -29,6 +29,9 @@ pub struct GrpcArgs {
     /// HTTP/2 connections the streams share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Run only the signed-commit case after the echo baseline (for profiling the write path).
+    #[arg(long)]
+    commit_only: bool,
 }
 
 struct EchoImpl;
@@ -255,7 +258,8 @@ async fn bench(args: GrpcArgs) -> Result<()> {
             Some(async move { c.get_prompt(req).await.is_ok() })
         }
     };
-    let get_result = drive("GetPrompt", args.streams, args.seconds, get_case).await;
+    let get_seconds = if args.commit_only { 0 } else { args.seconds };
+    let get_result = drive("GetPrompt", args.streams, get_seconds, get_case).await;
 
     // Pre-signed commits: each stream extends its own prompt, so parents chain without races.
     let per_stream = 200_000 / args.streams.max(1) + 1;
@@ -281,6 +285,7 @@ async fn bench(args: GrpcArgs) -> Result<()> {
         })
         .collect();
     let signed = std::sync::Arc::new(signed);
+    tracing::info!("statements signed; committing");
     let commit_case = {
         let chans = chans.clone();
         move |s: usize, i: usize| {

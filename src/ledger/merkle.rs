@@ -182,7 +182,7 @@ impl Frontier {
 /// `MTH(D[lo:hi])` from stored complete subtrees (`lo < hi`).
 fn range_hash<R: NodeReader>(reader: &R, lo: u64, hi: u64) -> Result<Hash, R::Error> {
     let n = hi - lo;
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         let level = n.trailing_zeros() as u8;
         return reader.node(NodeId {
             level,

@@ -126,6 +126,9 @@ pub struct Verified {
     pub last_leaf_hash: Hash,
 }
 
+/// Compares a recomputed Merkle node with what the caller holds.
+pub type NodeCheck<'a> = dyn FnMut(NodeId, &Hash) -> Result<(), String> + 'a;
+
 /// Hooks for callers that want more than a verdict.
 #[derive(Default)]
 pub struct Observers<'a> {
@@ -133,7 +136,7 @@ pub struct Observers<'a> {
     pub progress: Option<&'a mut dyn FnMut(u64)>,
     /// Called with every complete subtree the entries imply, so storage can compare the Merkle
     /// nodes it keeps. An `Err` is reported as [`VerifyError::Node`].
-    pub node: Option<&'a mut dyn FnMut(NodeId, &Hash) -> Result<(), String>>,
+    pub node: Option<&'a mut NodeCheck<'a>>,
 }
 
 /// Entries decoded and hashed per parallel step (measured: 16384 with batches of 2048 verifies

@@ -4,7 +4,7 @@
 //! publishes a fresh read view after each durable commit.
 
 use super::model::Environment;
-use super::state::{Actor, Event, Prompt, Rejection, Row, State};
+use super::state::{Actor, Event, KeyEntry, Prompt, Rejection, Row, State};
 use super::statement::Statement;
 use crate::ledger::dsse::Envelope;
 use crate::ledger::entry::{Entry, Seq};
@@ -12,8 +12,6 @@ use crate::ledger::merkle::Hash;
 use crate::storage::keys::cf;
 use crate::storage::writer::{Batch, Context, Personality};
 use crate::storage::{Head, Store, StoreError};
-use ed25519_dalek::VerifyingKey;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// A statement whose signature was verified (off the writer) and that is ready to be decided.
@@ -33,38 +31,21 @@ pub struct Submission {
 pub struct View {
     pub ledger_id: String,
     pub head: Seq,
-    pub actors: BTreeMap<String, Arc<Actor>>,
-    pub prompts: BTreeMap<String, Arc<Prompt>>,
+    pub actors: imbl::OrdMap<String, Arc<Actor>>,
+    pub prompts: imbl::OrdMap<String, Arc<Prompt>>,
     /// Keys valid now: key id → (actor, key).
-    pub keys: HashMap<String, (String, VerifyingKey)>,
+    pub keys: imbl::OrdMap<String, KeyEntry>,
 }
 
 impl View {
+    /// A snapshot of `state`: every map is persistent, so this costs O(1), not O(state).
     fn of(state: &State, head: Seq) -> View {
         View {
             ledger_id: state.ledger_id().to_owned(),
             head,
-            actors: state
-                .actors()
-                .map(|a| (a.name.clone(), a.clone()))
-                .collect(),
+            actors: state.actor_map().clone(),
             prompts: state.prompts().clone(),
-            keys: state
-                .actors()
-                .filter(|a| a.revoked_seq.is_none())
-                .flat_map(|a| {
-                    a.keys
-                        .iter()
-                        .filter(|k| k.retired_seq.is_none())
-                        .map(move |k| (a, k))
-                })
-                .filter_map(|(a, k)| {
-                    Some((
-                        k.keyid.clone(),
-                        (a.name.clone(), state.signing_key(&k.keyid)?.1),
-                    ))
-                })
-                .collect(),
+            keys: state.valid_keys().clone(),
         }
     }
 

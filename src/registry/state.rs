@@ -12,6 +12,7 @@ use crate::ledger::entry::Seq;
 use crate::ledger::keys::PublicKey;
 use crate::ledger::merkle::Hash;
 use ed25519_dalek::VerifyingKey;
+use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -177,16 +178,16 @@ pub struct Prompt {
     /// What is live now, per environment.
     pub deployments: BTreeMap<Environment, Deployment>,
     #[serde(skip)]
-    pub versions: Vec<Arc<Version>>,
+    pub versions: Vector<Arc<Version>>,
     /// Every deployment ever made, oldest first.
     #[serde(skip)]
-    pub deployment_history: Vec<Arc<Deployment>>,
+    pub deployment_history: Vector<Arc<Deployment>>,
     #[serde(skip)]
-    pub evaluations: Vec<Arc<Evaluation>>,
+    pub evaluations: Vector<Arc<Evaluation>>,
     #[serde(skip)]
     pub approvals: Vec<Approval>,
     #[serde(skip)]
-    pub history: Vec<Arc<HistoryItem>>,
+    pub history: Vector<Arc<HistoryItem>>,
     /// Running hashes of the append-only lists, for the state root in O(1) per change.
     #[serde(skip)]
     chains: Chains,
@@ -216,7 +217,7 @@ impl Prompt {
     pub fn version(&self, number: u64) -> Option<&Version> {
         number
             .checked_sub(1)
-            .and_then(|i| self.versions.get(i as usize))
+            .and_then(|i| self.versions.get(usize::try_from(i).ok()?))
             .map(|v| v.as_ref())
     }
 
@@ -253,30 +254,30 @@ impl Prompt {
 
     fn push_version(&mut self, v: Version) {
         extend_chain(&mut self.chains.versions, &v);
-        self.versions.push(Arc::new(v));
+        self.versions.push_back(Arc::new(v));
     }
 
     fn push_deployment(&mut self, d: Deployment) {
         extend_chain(&mut self.chains.deployments, &d);
-        self.deployment_history.push(Arc::new(d));
+        self.deployment_history.push_back(Arc::new(d));
     }
 
     fn push_evaluation(&mut self, e: Evaluation) {
         extend_chain(&mut self.chains.evaluations, &e);
-        self.evaluations.push(Arc::new(e));
+        self.evaluations.push_back(Arc::new(e));
     }
 
     fn push_history(&mut self, item: HistoryItem) {
         extend_chain(&mut self.chains.history, &item);
-        self.history.push(Arc::new(item));
+        self.history.push_back(Arc::new(item));
     }
 }
 
 /// A key that may sign now.
 #[derive(Clone, Debug)]
-struct KeyEntry {
-    actor: String,
-    key: VerifyingKey,
+pub struct KeyEntry {
+    pub actor: String,
+    pub key: VerifyingKey,
 }
 
 /// One row of the `state` column family. Keys are text: `a/<actor>`, `p/<prompt>` (header),
@@ -333,10 +334,10 @@ impl Row {
 #[derive(Clone, Debug, Default)]
 pub struct State {
     ledger_id: String,
-    actors: BTreeMap<String, Arc<Actor>>,
-    prompts: BTreeMap<String, Arc<Prompt>>,
+    actors: OrdMap<String, Arc<Actor>>,
+    prompts: OrdMap<String, Arc<Prompt>>,
     /// Derived: keys valid now.
-    keys: HashMap<String, KeyEntry>,
+    keys: OrdMap<String, KeyEntry>,
     /// Derived: (actor, nonce) → (seq, payload hash). Replay protection and idempotency.
     nonces: HashMap<(String, String), (Seq, Hash)>,
     /// Derived: digest of each actor and prompt (see [`Prompt::digest`]), for the state root.
@@ -371,11 +372,21 @@ impl State {
         self.actors.values()
     }
 
+    /// Every actor by name (a persistent map: cloning it is O(1)).
+    pub fn actor_map(&self) -> &OrdMap<String, Arc<Actor>> {
+        &self.actors
+    }
+
+    /// The keys that may sign now, by key id (a persistent map: cloning it is O(1)).
+    pub fn valid_keys(&self) -> &OrdMap<String, KeyEntry> {
+        &self.keys
+    }
+
     pub fn prompt(&self, name: &str) -> Option<&Arc<Prompt>> {
         self.prompts.get(name)
     }
 
-    pub fn prompts(&self) -> &BTreeMap<String, Arc<Prompt>> {
+    pub fn prompts(&self) -> &OrdMap<String, Arc<Prompt>> {
         &self.prompts
     }
 
@@ -821,11 +832,11 @@ impl State {
                         created_by: actor.clone(),
                         created_seq: ev.seq,
                         deployments: BTreeMap::new(),
-                        versions: vec![],
-                        deployment_history: vec![],
-                        evaluations: vec![],
+                        versions: Vector::new(),
+                        deployment_history: Vector::new(),
+                        evaluations: Vector::new(),
                         approvals: vec![],
-                        history: vec![],
+                        history: Vector::new(),
                         chains: Chains::default(),
                     };
                     self.prompts.insert(prompt.clone(), Arc::new(p));

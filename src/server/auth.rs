@@ -12,6 +12,7 @@ use crate::ledger::dsse::{Envelope, Signature as DsseSignature};
 use crate::proto::registry::v1 as pb;
 use crate::registry::model::{Permission, Role};
 use crate::registry::personality::{Submission, View};
+use crate::registry::state::KeyEntry;
 use crate::registry::statement::{Statement, STATEMENT_PAYLOAD_TYPE};
 use crate::sigbatch::{SigItem, SignatureBatcher};
 use ed25519_dalek::Signature;
@@ -129,7 +130,7 @@ fn check_statement(
     let message = envelope.pae();
     let mut items = Vec::with_capacity(envelope.signatures.len());
     for s in &envelope.signatures {
-        let Some((actor, key)) = view.keys.get(&s.keyid) else {
+        let Some(KeyEntry { actor, key }) = view.keys.get(&s.keyid) else {
             return Err(ApiError::Unauthenticated(format!(
                 "key {} is unknown, retired or revoked",
                 s.keyid

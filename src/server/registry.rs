@@ -54,11 +54,17 @@ fn page_offset(token: &str) -> Result<usize, ApiError> {
         .map_err(|_| ApiError::invalid("page_token", "a token from a previous response"))
 }
 
-fn page<T: Clone>(items: &[T], size: i32, token: &str) -> Result<(Vec<T>, String), ApiError> {
+/// One page of `items` (an `ExactSizeIterator`, so a persistent list is not copied whole).
+fn page<T>(
+    items: impl ExactSizeIterator<Item = T>,
+    size: i32,
+    token: &str,
+) -> Result<(Vec<T>, String), ApiError> {
     let (size, start) = (page_size(size)?, page_offset(token)?);
-    let end = (start + size).min(items.len());
-    let slice = items.get(start..end).unwrap_or_default().to_vec();
-    let next = if end < items.len() {
+    let len = items.len();
+    let end = (start + size).min(len);
+    let slice: Vec<T> = items.skip(start).take(end.saturating_sub(start)).collect();
+    let next = if end < len {
         end.to_string()
     } else {
         String::new()
@@ -425,8 +431,7 @@ impl RegistryService for RegistryApi {
         self.sessions
             .check(&request, &view, Permission::ReadAll, self.now())?;
         let r = request.into_inner();
-        let all: Vec<&Arc<Prompt>> = view.prompts.values().collect();
-        let (items, next_page_token) = page(&all, r.page_size, &r.page_token)?;
+        let (items, next_page_token) = page(view.prompts.values(), r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListPromptsResponse {
             prompts: items.iter().map(|p| summary(p)).collect(),
             next_page_token,
@@ -442,7 +447,7 @@ impl RegistryService for RegistryApi {
             .check(&request, &view, Permission::ReadAll, self.now())?;
         let r = request.into_inner();
         let prompt = prompt_of(&view, &r.prompt)?;
-        let (items, next_page_token) = page(&prompt.versions, r.page_size, &r.page_token)?;
+        let (items, next_page_token) = page(prompt.versions.iter(), r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: items.iter().map(|v| version_pb(&r.prompt, v)).collect(),
             next_page_token,
@@ -481,7 +486,7 @@ impl RegistryService for RegistryApi {
             .check(&request, &view, Permission::ReadAll, self.now())?;
         let r = request.into_inner();
         let prompt = prompt_of(&view, &r.prompt)?;
-        let (items, next_page_token) = page(&prompt.history, r.page_size, &r.page_token)?;
+        let (items, next_page_token) = page(prompt.history.iter(), r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListPromptHistoryResponse {
             events: items
                 .iter()
