@@ -64,6 +64,12 @@ enum Command {
         )]
         data_dir: PathBuf,
     },
+    /// Read the ledger's NATS JetStream stream, verify the chain and checkpoints as it goes,
+    /// and print the events. Exit 0 verified, 1 a gap, duplicate or bad entry, 2 other errors.
+    #[command(
+        after_help = "Examples:\n  promptledger tail --nats-url nats://127.0.0.1:4222 --ledger-key \"$(cat promptledger-data/ledger.pub)\"\n  promptledger tail --nats-url nats://127.0.0.1:4222 --from 1200 --follow --output json"
+    )]
+    Tail(cli::tail::TailArgs),
     /// Append signed test entries under load, printing each acknowledged sequence number
     /// (crash tests and demos).
     #[command(hide = true)]
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(args),
         Command::Serve(args) => cli::serve(args),
         Command::Rebuild { data_dir } => cli::rebuild(&data_dir),
+        Command::Tail(args) => cli::tail::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod bench_grpc;
+pub mod tail;
 
 use anyhow::{Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -160,6 +161,13 @@ pub struct ServeArgs {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, env = "PROMPTLEDGER_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Publish every committed entry and checkpoint to this NATS server's JetStream
+    /// (e.g. nats://127.0.0.1:4222). Without it nothing is published.
+    #[arg(long, env = "PROMPTLEDGER_NATS_URL")]
+    nats_url: Option<String>,
+    /// JetStream stream to publish to, created if missing [default: PROMPTLEDGER].
+    #[arg(long, env = "PROMPTLEDGER_NATS_STREAM")]
+    nats_stream: Option<String>,
 }
 
 impl ServeArgs {
@@ -193,6 +201,12 @@ impl ServeArgs {
         }
         if self.tls_key.is_some() {
             c.tls_key = self.tls_key;
+        }
+        if self.nats_url.is_some() {
+            c.nats.url = self.nats_url;
+        }
+        if let Some(v) = self.nats_stream {
+            c.nats.stream = v;
         }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

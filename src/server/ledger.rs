@@ -10,6 +10,7 @@ use crate::ledger::keys::PublicKey;
 use crate::ledger::merkle;
 use crate::proto::ledger::v1 as pb;
 use crate::proto::ledger::v1::ledger_service_server::LedgerService;
+use crate::publish::PublishStatus;
 use crate::registry::model::Permission;
 use crate::registry::personality::ViewCell;
 use crate::storage::Store;
@@ -23,6 +24,10 @@ pub struct LedgerApi {
     pub view: ViewCell,
     pub sessions: Arc<Sessions>,
     pub clock: Clock,
+    /// The durable head size, from the writer.
+    pub heads: tokio::sync::watch::Receiver<u64>,
+    /// Set when the server publishes to NATS.
+    pub nats: Option<(String, Arc<PublishStatus>)>,
 }
 
 impl LedgerApi {
@@ -115,5 +120,26 @@ impl LedgerService for LedgerApi {
             old_tree_size: r.old_tree_size,
             new_tree_size: new,
         }))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let size = *self.heads.borrow();
+        let nats = self.nats.as_ref().map(|(stream, status)| {
+            let lag = status.lag(&self.store, size, (self.clock)());
+            pb::NatsStatus {
+                stream: stream.clone(),
+                connected: lag.connected,
+                published: lag.published,
+                lag_entries: lag.entries,
+                lag_seconds: lag.seconds,
+                checkpoint_size: status
+                    .checkpoint_size
+                    .load(std::sync::atomic::Ordering::Acquire),
+            }
+        });
+        Ok(Response::new(pb::GetStatusResponse { size, nats }))
     }
 }

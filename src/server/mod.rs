@@ -13,6 +13,7 @@ pub mod status;
 use crate::node::{self, DataDir, NodeError};
 use crate::proto::ledger::v1::ledger_service_server::LedgerServiceServer;
 use crate::proto::registry::v1::registry_service_server::RegistryServiceServer;
+use crate::publish::{NatsConfig, PublishStatus};
 use crate::registry::personality::Registry;
 use crate::storage::writer::{system_clock_ms, Ledger, WriterConfig};
 use crate::storage::Store;
@@ -42,6 +43,8 @@ pub struct Config {
     /// PEM certificate chain and key: both set means TLS (rustls), neither means plaintext.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Publishing to NATS JetStream (`[nats]` table); off without `nats.url`.
+    pub nats: NatsConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -56,6 +59,7 @@ impl Default for Config {
             session_ttl_secs: 900,
             tls_cert: None,
             tls_key: None,
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -75,7 +79,7 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key must be given together".into());
         }
-        Ok(())
+        self.nats.validate()
     }
 
     fn auth(&self) -> AuthConfig {
@@ -141,6 +145,22 @@ pub async fn serve_with_clock(
         .map_err(NodeError::from)?;
     let sessions = Arc::new(Sessions::default());
 
+    // The outbox: after commit, never in the commit path (see `publish`).
+    let (stop_publisher, publisher_stopped) = tokio::sync::watch::channel(false);
+    let publisher = config.nats.url.as_ref().map(|url| {
+        let status = Arc::new(PublishStatus::default());
+        tracing::info!(url = %url, stream = %config.nats.stream, "publishing to NATS JetStream");
+        let task = tokio::spawn(crate::publish::run(
+            config.nats.clone(),
+            store.clone(),
+            ledger.info().id().expect("ledger id checked at open"),
+            ledger.heads(),
+            status.clone(),
+            publisher_stopped,
+        ));
+        (status, task)
+    });
+
     let registry_api = registry::RegistryApi {
         appender: ledger.appender(),
         view: view.clone(),
@@ -156,6 +176,10 @@ pub async fn serve_with_clock(
         view,
         sessions,
         clock,
+        heads: ledger.heads(),
+        nats: publisher
+            .as_ref()
+            .map(|(status, _)| (config.nats.stream.clone(), status.clone())),
     };
     // tonic's own limit sits above ours so that oversized statements get our clear
     // RESOURCE_EXHAUSTED message rather than a transport error.
@@ -203,6 +227,11 @@ pub async fn serve_with_clock(
     tokio::task::spawn_blocking(move || ledger.close())
         .await
         .map_err(|e| ServeError::Config(format!("writer shutdown: {e}")))?;
+    if let Some((_, task)) = publisher {
+        // What was not published yet stays in the outbox for the next start.
+        let _ = stop_publisher.send(true);
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,7 +28,7 @@ use rocksdb::WriteBatch;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the writer tells the personality about the entry being decided.
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +157,7 @@ struct Job<P: Personality> {
 
 /// A ledger open for appending. Cloneable handles are cheap: clone the [`Appender`].
 pub struct Ledger<P: Personality> {
+    heads: watch::Receiver<Seq>,
     appender: Appender<P>,
     store: Arc<Store>,
     info: LedgerInfo,
@@ -226,7 +227,9 @@ impl<P: Personality> Ledger<P> {
             }
         }
         let (tx, rx) = mpsc::channel(config.queue_depth);
+        let (heads, head_watch) = watch::channel(head.size);
         let writer = Writer {
+            heads,
             store: store.clone(),
             personality,
             ledger_key,
@@ -241,6 +244,7 @@ impl<P: Personality> Ledger<P> {
             .spawn(move || writer.run(rx))
             .expect("spawn the writer thread");
         Ok(Ledger {
+            heads: head_watch,
             appender: Appender { tx },
             store,
             info,
@@ -254,6 +258,12 @@ impl<P: Personality> Ledger<P> {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The durable head size, updated after each synced group. A follower reads entries below
+    /// it from the store and waits with `changed()` for more.
+    pub fn heads(&self) -> watch::Receiver<Seq> {
+        self.heads.clone()
     }
 
     pub fn info(&self) -> &LedgerInfo {
@@ -292,6 +302,8 @@ struct Writer<P: Personality> {
     head: Head,
     frontier: Frontier,
     config: WriterConfig,
+    /// Tells followers (the NATS publisher, watchers) the durable head size.
+    heads: watch::Sender<Seq>,
 }
 
 impl<P: Personality> Writer<P> {
@@ -378,6 +390,8 @@ impl<P: Personality> Writer<P> {
         // Durability point: after this returns the whole group survives a crash.
         store.commit(batch.batch)?;
         self.personality.committed(&self.head);
+        // Followers read committed entries from the store; they are told only after the sync.
+        self.heads.send_replace(self.head.size);
         for (reply, seq, leaf_hash, output) in accepted {
             let _ = reply.send(Ok(Receipt {
                 seq,
