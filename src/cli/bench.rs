@@ -28,12 +28,15 @@ enum Which {
     Ledger(LedgerArgs),
     /// Requests/s and latency of echo (baseline), GetPrompt and CommitVersion over loopback.
     Grpc(super::bench_grpc::GrpcArgs),
+    /// Publishing to NATS JetStream: write cost, publish rate, catch-up after an outage.
+    Nats(super::bench_nats::NatsArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.which {
         Which::Ledger(a) => ledger(a),
         Which::Grpc(a) => super::bench_grpc::run(a),
+        Which::Nats(a) => super::bench_nats::run(a),
     }
 }
 

@@ -122,7 +122,7 @@ async fn channels(addr: std::net::SocketAddr, n: usize) -> Result<Vec<Channel>> 
     Ok(out)
 }
 
-fn commit(prompt: &str, parent: Option<u64>, template: String) -> Action {
+pub(super) fn commit(prompt: &str, parent: Option<u64>, template: String) -> Action {
     let parameters: BTreeMap<String, serde_json::Value> =
         BTreeMap::from([("temperature".to_owned(), serde_json::json!(0.2))]);
     let variables = vec!["customer".to_owned()];

@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod bench_grpc;
+mod bench_nats;
 pub mod tail;
 
 use anyhow::{Context as _, Result};

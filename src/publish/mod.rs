@@ -265,15 +265,32 @@ pub async fn run(
     status
         .cursor
         .store(stored_cursor(&store, &config.stream), Ordering::Release);
+    // One client for the task's life: it reconnects by itself (a client per attempt would leave
+    // each old one reconnecting in the background).
+    let client = loop {
+        let connect = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .connect(url.as_str());
+        tokio::select! {
+            r = connect => match r {
+                Ok(c) => break c,
+                Err(e) => tracing::warn!(error = %e, "NATS publisher: cannot connect; retrying"),
+            },
+            _ = shutdown.changed() => return,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let js = jetstream::new(client);
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let session = Session::start(&url, &config, &store, ledger, &status);
         let result = tokio::select! {
             r = async {
-                let mut s = session.await?;
+                let mut s = Session::start(&js, &config, &store, ledger, &status).await?;
                 backoff = Duration::from_millis(100);
                 s.pump(&mut heads).await
             } => r,
@@ -287,7 +304,7 @@ pub async fn run(
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -307,19 +324,16 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     async fn start(
-        url: &str,
+        js: &jetstream::Context,
         config: &'a NatsConfig,
         store: &'a Arc<Store>,
         ledger: LedgerId,
         status: &'a PublishStatus,
     ) -> Result<Session<'a>, PublishError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(2))
-            .request_timeout(Some(Duration::from_secs(5)))
-            .connect(url)
-            .await
-            .map_err(nats_err)?;
-        let js = jetstream::new(client);
+        if js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err(PublishError::Nats("not connected".into()));
+        }
+        let js = js.clone();
         let subject = config.ledger_subject(&ledger);
         let mut stream = js
             .get_or_create_stream(stream::Config {
