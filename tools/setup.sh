@@ -13,7 +13,7 @@ missing=()
 if ! dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q "install ok installed"; then
   missing+=(libclang-dev)
 fi
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+PATH="$PATH:/usr/sbin" command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -gt 0 ]; then
