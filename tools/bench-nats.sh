@@ -5,6 +5,7 @@
 #   SECONDS_PER_PHASE (default 10), OUTAGE_SECS (default 30), STREAMS (default 32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin" # Debian puts nats-server there
 tools/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/promptledger-target}"
 cargo build --locked --release --bin promptledger
