@@ -398,13 +398,32 @@ async fn writes_are_acknowledged_while_nats_is_absent_and_published_when_it_appe
     read.verify(&ledger_key(&dir));
 }
 
+/// `promptledger serve` as a real process on a free port; returns it and its endpoint once it
+/// serves.
+async fn serve_process(dir: &DataDir, config: &Path) -> (Child, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_promptledger"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&dir.root)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_serving(&endpoint).await;
+    (child, endpoint)
+}
+
 /// The real binary, killed with SIGKILL while it publishes under write load, three times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_ledger_mid_publish_leaves_no_duplicate_and_no_gap() {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(&tmp.path().join("nats"));
     let dir = DataDir::new(tmp.path().join("data"));
-    let bin = env!("CARGO_BIN_EXE_promptledger");
     // A 1 s duplicate window, and restarts after it has passed: JetStream's deduplication
     // cannot hide a publisher that resumes at a stale cursor; only resuming after the stream's
     // own tail keeps the stream free of duplicates.
@@ -419,20 +438,7 @@ async fn killing_the_ledger_mid_publish_leaves_no_duplicate_and_no_gap() {
     .unwrap();
     let mut written = 0;
     for round in 0..3 {
-        let port = free_port();
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&dir.root)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let endpoint = format!("http://127.0.0.1:{port}");
-        wait_serving(&endpoint).await;
+        let (mut child, endpoint) = serve_process(&dir, &config).await;
         let mut writers = Vec::new();
         for w in 0..4 {
             let mut c = admin(&dir, &endpoint).await;
@@ -470,19 +476,7 @@ async fn killing_the_ledger_mid_publish_leaves_no_duplicate_and_no_gap() {
     assert!(written > 100, "load was applied ({written} acknowledged)");
 
     // Restart once more and let it catch up.
-    let port = free_port();
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(&dir.root)
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    wait_serving(&endpoint).await;
+    let (mut child, endpoint) = serve_process(&dir, &config).await;
     let s = caught_up(&endpoint, Duration::from_secs(60)).await;
     child.kill().unwrap();
     child.wait().unwrap();
