@@ -148,6 +148,15 @@ impl Checkpoint {
 
     /// Opens a signed checkpoint: the note must carry a valid signature by `ledger_key`, and the
     /// origin must be the key's name (C2SP: the log's key is named after its origin).
+    /// The checkpoint a signed note carries, **without checking any signature**: for callers
+    /// that only need its size (the publisher) or have no key to check it with.
+    pub fn read_unverified(note: &[u8]) -> Result<Self, CheckpointError> {
+        let parsed = Note::from_bytes(note).map_err(|_| CheckpointError::MalformedNote)?;
+        let text =
+            std::str::from_utf8(parsed.text()).map_err(|_| CheckpointError::MalformedNote)?;
+        Checkpoint::from_body(text)
+    }
+
     pub fn open(note: &[u8], ledger_key: &PublicKey) -> Result<Self, CheckpointError> {
         let parsed = Note::from_bytes(note).map_err(|_| CheckpointError::MalformedNote)?;
         let verifiers = VerifierList::new(vec![Box::new(ledger_key.note_verifier())]);

@@ -145,15 +145,8 @@ impl Follower {
             Some(key) => {
                 Checkpoint::open(note, key).map_err(|e| FollowError::Checkpoint(e.to_string()))?
             }
-            None => {
-                let text = std::str::from_utf8(note)
-                    .map_err(|_| FollowError::Checkpoint("not UTF-8".into()))?;
-                let body = text
-                    .split_once("\n\n")
-                    .map(|(b, _)| format!("{b}\n"))
-                    .ok_or_else(|| FollowError::Checkpoint("no signature lines".into()))?;
-                Checkpoint::from_body(&body).map_err(|e| FollowError::Checkpoint(e.to_string()))?
-            }
+            None => Checkpoint::read_unverified(note)
+                .map_err(|e| FollowError::Checkpoint(e.to_string()))?,
         };
         if self.first == Some(0) || (self.first.is_none() && cp.size == 0) {
             if cp.size > self.next {
@@ -236,6 +229,24 @@ mod tests {
         // An older checkpoint (a lagging publisher) is still checked against its prefix.
         f.checkpoint(&checkpoint(&entries, 4, &key)).unwrap();
         assert_eq!((f.next(), f.checkpoints_verified()), (10, 4));
+
+        // Without the ledger key, roots are still checked (the signature cannot be).
+        let mut keyless = Follower::new(None);
+        for seq in 0..4 {
+            feed(&mut keyless, &entries, seq).unwrap();
+        }
+        let stranger = KeyPair::from_seed("ledger", &[9; 32]).unwrap();
+        keyless
+            .checkpoint(&checkpoint(&entries, 4, &stranger))
+            .unwrap();
+        let mut forged = entries.clone();
+        forged[2] = log(3, &stranger)[2].clone();
+        assert_eq!(
+            keyless
+                .checkpoint(&checkpoint(&forged, 4, &key))
+                .unwrap_err(),
+            FollowError::RootMismatch { size: 4 }
+        );
     }
 
     #[test]
