@@ -154,6 +154,24 @@ impl Client {
                     .into_inner()
                     .receipt
             }
+            Action::SetActorRoles { .. } => {
+                r.set_actor_roles(pb::SetActorRolesRequest { statement })
+                    .await?
+                    .into_inner()
+                    .receipt
+            }
+            Action::SetPolicy { .. } => {
+                r.set_policy(pb::SetPolicyRequest { statement })
+                    .await?
+                    .into_inner()
+                    .receipt
+            }
+            Action::BreakGlassPromote { .. } => {
+                r.break_glass_promote(pb::BreakGlassPromoteRequest { statement })
+                    .await?
+                    .into_inner()
+                    .receipt
+            }
             Action::Genesis { .. } | Action::OpenSession {} => {
                 return Err(Status::invalid_argument(
                     "genesis and open_session are not submitted as writes",

@@ -23,6 +23,7 @@ pub mod client;
 pub mod keyfile;
 pub mod ledger;
 pub mod node;
+pub mod policy;
 pub mod publish;
 pub mod registry;
 pub mod server;

@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new ledger: ledger id, ledger key, first admin key and the genesis entry.
+    /// Create a new ledger: ledger id, ledger key, first admin key, the genesis entry and the
+    /// initial policy (entry 1).
     #[command(after_help = "Example:\n  promptledger init --data-dir ./promptledger-data")]
     Init {
         /// Where the ledger lives.
@@ -31,6 +32,9 @@ enum Command {
             default_value = "promptledger-data"
         )]
         data_dir: PathBuf,
+        /// Directory with model.conf, policy.csv and gates.toml [default: the shipped policies/].
+        #[arg(long, env = "PROMPTLEDGER_POLICY_DIR")]
+        policy_dir: Option<PathBuf>,
     },
     /// Verify a ledger offline and read-only: every entry, chain link, actor signature, Merkle
     /// node and the signed checkpoint. Exit code 0 only if everything verifies.
@@ -100,7 +104,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Init { data_dir } => cli::init(&data_dir),
+        Command::Init {
+            data_dir,
+            policy_dir,
+        } => cli::init(&data_dir, policy_dir.as_deref()),
         Command::Verify {
             data_dir,
             ledger_key,

@@ -17,6 +17,7 @@ use crate::ledger::entry::FORMAT_VERSION;
 use crate::ledger::keys::{KeyError, KeyPair, PublicKey};
 use crate::ledger::merkle::{Hash, NodeId};
 use crate::ledger::verify::{self, Observers, Verified, VerifyError};
+use crate::policy::{Policy, PolicyFiles};
 use crate::registry::keyring::RegistryKeyring;
 use crate::registry::personality::{Registry, Submission};
 use crate::registry::statement::{Action, Statement, STATEMENT_PAYLOAD_TYPE};
@@ -106,8 +107,20 @@ pub struct InitReport {
     pub genesis_checkpoint: Vec<u8>,
 }
 
-/// Creates a new ledger in `dir`: ledger id, ledger key, first admin key, genesis entry.
+/// Creates a new ledger in `dir` under the shipped default policy; see [`init_with_policy`].
 pub fn init(dir: &DataDir, now_ms: u64) -> Result<InitReport, NodeError> {
+    init_with_policy(dir, now_ms, PolicyFiles::builtin())
+}
+
+/// Creates a new ledger in `dir`: ledger id, ledger key, first admin key, the genesis entry
+/// (sequence 0) and the admin's `set_policy` entry recording `policy` (sequence 1).
+pub fn init_with_policy(
+    dir: &DataDir,
+    now_ms: u64,
+    policy: PolicyFiles,
+) -> Result<InitReport, NodeError> {
+    // A broken policy must not leave a half-made ledger behind.
+    Policy::new(policy.clone()).map_err(|e| NodeError::Genesis(format!("policy: {e}")))?;
     if dir.is_initialized() {
         return Err(StoreError::AlreadyInitialized(dir.root.clone()).into());
     }
@@ -146,25 +159,34 @@ pub fn init(dir: &DataDir, now_ms: u64) -> Result<InitReport, NodeError> {
             admin_key: admin_key.public().to_vkey(),
         },
     };
-    let payload = statement.to_payload();
-    let envelope = Envelope::sign(
-        STATEMENT_PAYLOAD_TYPE,
-        payload.clone(),
-        admin_key.key_id().as_str(),
-        admin_key.signing_key(),
-    );
     let registry = Registry::load(&store)?;
     let ledger = Ledger::open(store, ledger_key, registry, WriterConfig::default())?;
-    let submission = Submission {
-        envelope,
-        statement,
-        signer: admin_key.key_id().to_string(),
-        payload_hash: Sha256::digest(&payload).into(),
+    let submit = |statement: Statement| {
+        let payload = statement.to_payload();
+        let envelope = Envelope::sign(
+            STATEMENT_PAYLOAD_TYPE,
+            payload.clone(),
+            admin_key.key_id().as_str(),
+            admin_key.signing_key(),
+        );
+        ledger
+            .appender()
+            .submit_blocking(Submission {
+                envelope,
+                statement,
+                signer: admin_key.key_id().to_string(),
+                payload_hash: Sha256::digest(&payload).into(),
+            })
+            .map_err(|e| NodeError::Genesis(e.to_string()))
     };
-    let receipt = ledger
-        .appender()
-        .submit_blocking(submission)
-        .map_err(|e| NodeError::Genesis(e.to_string()))?;
+    submit(statement)?;
+    let receipt = submit(Statement {
+        ledger_id: ledger_id.to_hex(),
+        actor: admin_key.name().to_owned(),
+        issued_at_ms: now_ms,
+        nonce: random_nonce(),
+        action: Action::SetPolicy { files: policy },
+    })?;
     ledger.close();
     Ok(InitReport {
         ledger_id,

@@ -82,15 +82,15 @@ fn concurrent_appends_get_contiguous_sequence_numbers_in_few_commits() {
     seqs.sort();
     assert_eq!(
         seqs,
-        (1..=500).collect::<Vec<_>>(),
-        "genesis is 0, then no gap, no duplicate"
+        (2..=501).collect::<Vec<_>>(),
+        "genesis is 0, the initial policy 1, then no gap, no duplicate"
     );
     assert!(
         groups < 500,
         "group commit: {groups} commits for 500 appends"
     );
     let v = node::verify_dir(&f.dir, None, None).unwrap();
-    assert_eq!(v.checkpoint.size, 501);
+    assert_eq!(v.checkpoint.size, 502);
 }
 
 #[test]
@@ -106,8 +106,8 @@ fn reopen_restores_head_and_frontier_without_replaying_entries() {
         drop(store);
         let ledger = node::open(&f.dir, RawLog, WriterConfig::default()).unwrap();
         let head = ledger.store().head().unwrap();
-        assert_eq!(head.size, 38);
-        assert_eq!(merkle::root(ledger.store().as_ref(), 38).unwrap(), {
+        assert_eq!(head.size, 39);
+        assert_eq!(merkle::root(ledger.store().as_ref(), 39).unwrap(), {
             let cp = ledger.store().checkpoint().unwrap().unwrap();
             Checkpoint::open(&cp, &node::ledger_public_key(&f.dir, None).unwrap())
                 .unwrap()
@@ -125,12 +125,12 @@ fn reopen_restores_head_and_frontier_without_replaying_entries() {
     }
     // Appends continue from the restored head: next sequence, chained to the last leaf.
     let (seqs, _) = append(&f, 5);
-    assert_eq!(seqs.iter().min(), Some(&38));
+    assert_eq!(seqs.iter().min(), Some(&39));
     let store = Store::open_read_only(&f.dir.db()).unwrap();
-    let e38 = Entry::decode(&store.entry(38).unwrap().unwrap()).unwrap();
+    let e39 = Entry::decode(&store.entry(39).unwrap().unwrap()).unwrap();
     assert_eq!(
-        e38.prev_leaf_hash,
-        merkle::leaf_hash(&store.entry(37).unwrap().unwrap())
+        e39.prev_leaf_hash,
+        merkle::leaf_hash(&store.entry(38).unwrap().unwrap())
     );
     drop(store);
     assert_eq!(
@@ -138,7 +138,7 @@ fn reopen_restores_head_and_frontier_without_replaying_entries() {
             .unwrap()
             .checkpoint
             .size,
-        43
+        44
     );
 }
 
@@ -162,7 +162,7 @@ fn entries_signed_by_an_unknown_key_fail_verification_at_their_sequence() {
     drop(ledger);
     let err = node::verify_dir(&f.dir, None, None).unwrap_err();
     assert!(
-        matches!(&err, NodeError::Verify(VerifyError::UnknownKey { seq: 5, keyid }) if keyid.starts_with("mallory+")),
+        matches!(&err, NodeError::Verify(VerifyError::UnknownKey { seq: 6, keyid }) if keyid.starts_with("mallory+")),
         "{err}"
     );
 }
@@ -173,7 +173,7 @@ fn verification_against_another_ledger_key_fails() {
     let other = KeyPair::from_seed(&format!("promptledger/{}", "00".repeat(16)), &[1; 32]).unwrap();
     let err = node::verify_dir(&f.dir, Some(&other.public().to_vkey()), None).unwrap_err();
     assert!(
-        matches!(err, NodeError::Checkpoint { size: 1, .. }),
+        matches!(err, NodeError::Checkpoint { size: 2, .. }),
         "{err}"
     );
 }
@@ -214,7 +214,7 @@ fn tampering_with_any_byte_of_an_entry_is_detected_at_its_sequence_number() {
 #[test]
 fn tampering_with_any_byte_of_a_merkle_node_is_detected_and_named() {
     let f = fixture();
-    append(&f, 10); // 11 leaves: nodes at levels 0..=3
+    append(&f, 9); // 11 leaves (genesis, policy, 9): nodes at levels 0..=3
     let store = Store::open_read_only(&f.dir.db()).unwrap();
     let ids: Vec<_> = store.nodes().map(|n| n.unwrap().0).collect();
     drop(store);
@@ -236,10 +236,10 @@ fn tampering_with_any_byte_of_the_checkpoint_is_detected() {
     append(&f, 3);
     flip_each_byte(&f, cf::META, &MetaKey::Checkpoint.bytes(), |i, e| {
         assert!(
-            matches!(e, NodeError::Checkpoint { size: 4, .. }),
+            matches!(e, NodeError::Checkpoint { size: 5, .. }),
             "byte {i}: {e}"
         );
-        assert_eq!(e.seq(), Some(4));
+        assert_eq!(e.seq(), Some(5));
     });
 }
 

@@ -2,24 +2,25 @@
 //! Debian's package) that each test starts itself on a free loopback port, in a temp dir, and
 //! stops and restarts as the test needs.
 
+mod common;
+
 use async_nats::jetstream;
+use common::{wait_serving, Server};
 use futures_util::StreamExt;
 use promptledger::client::Client;
 use promptledger::keyfile;
 use promptledger::ledger::keys::PublicKey;
 use promptledger::ledger::merkle;
 use promptledger::node::DataDir;
-use promptledger::proto::ledger::v1::{GetCheckpointRequest, GetStatusRequest, GetStatusResponse};
+use promptledger::proto::ledger::v1::{GetStatusRequest, GetStatusResponse};
 use promptledger::publish::follow::Follower;
 use promptledger::publish::{header, NatsConfig};
 use promptledger::registry::statement::Action;
-use promptledger::server::{self, Config};
+use promptledger::server::Config;
 use promptledger::storage::Store;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -84,61 +85,16 @@ impl Drop for Nats {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Server {
-    async fn start(data_dir: &Path, nats_url: &str) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config {
-            data_dir: data_dir.to_owned(),
-            nats: NatsConfig {
-                url: Some(nats_url.to_owned()),
-                ..NatsConfig::default()
-            },
-            ..Config::default()
-        };
-        let task = tokio::spawn(async move {
-            server::serve(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        wait_serving(&format!("http://{addr}")).await;
-        Server {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-async fn wait_serving(endpoint: &str) {
-    use promptledger::proto::ledger::v1::ledger_service_client::LedgerServiceClient;
-    for _ in 0..300 {
-        if let Ok(mut c) = LedgerServiceClient::connect(endpoint.to_owned()).await {
-            if c.get_checkpoint(GetCheckpointRequest {}).await.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {endpoint} did not come up");
+async fn start(data_dir: &Path, nats_url: &str) -> Server {
+    Server::start(Config {
+        data_dir: data_dir.to_owned(),
+        nats: NatsConfig {
+            url: Some(nats_url.to_owned()),
+            ..NatsConfig::default()
+        },
+        ..Config::default()
+    })
+    .await
 }
 
 async fn status(endpoint: &str) -> GetStatusResponse {
@@ -169,13 +125,26 @@ async fn caught_up(endpoint: &str, within: Duration) -> GetStatusResponse {
     }
 }
 
-async fn admin(dir: &DataDir, endpoint: &str) -> Client {
-    Client::connect(
+/// A client of an author (the admin registers it the first time; admins do not write prompts).
+async fn author(dir: &DataDir, endpoint: &str) -> Client {
+    let mut admin = Client::connect(
         endpoint.to_owned(),
         keyfile::read_key(&dir.admin_key()).unwrap(),
     )
     .await
-    .unwrap()
+    .unwrap();
+    let writer = common::key("writer");
+    let registered = admin
+        .submit(Action::RegisterActor {
+            name: "writer".into(),
+            key: writer.public().to_vkey(),
+            roles: vec!["author".into()],
+        })
+        .await;
+    if let Err(e) = registered {
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    }
+    Client::connect(endpoint.to_owned(), writer).await.unwrap()
 }
 
 /// `count` prompt creations (names with a '.', to exercise subject encoding), all acknowledged.
@@ -278,17 +247,20 @@ async fn every_committed_event_arrives_in_order_with_its_headers_and_stored_byte
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(&tmp.path().join("nats"));
     let dir = DataDir::new(tmp.path().join("data"));
-    let server = Server::start(&dir.root, &nats.url()).await;
-    let mut c = admin(&dir, &server.endpoint()).await;
+    let server = start(&dir.root, &nats.url()).await;
+    let mut c = author(&dir, &server.endpoint()).await;
     write(&mut c, 0, 40).await;
     let s = caught_up(&server.endpoint(), Duration::from_secs(20)).await;
-    assert_eq!(s.size, 41, "genesis + 40 writes");
+    assert_eq!(
+        s.size, 43,
+        "genesis, policy, the author's registration + 40 writes"
+    );
     let ledger_id = c.ledger_id().to_owned();
     drop(c);
     server.stop().await;
 
     let read = read_stream(&nats.url(), "PROMPTLEDGER").await;
-    read.assert_exactly(41);
+    read.assert_exactly(43);
     let store = Store::open_read_only(&dir.db()).unwrap();
     for (subject, h, payload) in &read.messages {
         let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned());
@@ -306,21 +278,24 @@ async fn every_committed_event_arrives_in_order_with_its_headers_and_stored_byte
             get(header::LEAF_HASH).unwrap(),
             hex::encode(merkle::leaf_hash(&stored))
         );
-        let expected_subject = if seq == 0 {
-            format!("promptledger.{ledger_id}.events.genesis.-")
-        } else {
-            assert_eq!(get(header::KIND).unwrap(), "create_prompt");
-            assert_eq!(get(header::PROMPT).unwrap(), format!("team.a/p{}", seq - 1));
-            assert_eq!(get(header::ACTOR).unwrap(), "admin");
-            format!(
-                "promptledger.{ledger_id}.events.create_prompt.team%2Ea/p{}",
-                seq - 1
-            )
+        let expected_subject = match seq {
+            0 => format!("promptledger.{ledger_id}.events.genesis.-"),
+            1 => format!("promptledger.{ledger_id}.events.set_policy.-"),
+            2 => format!("promptledger.{ledger_id}.events.register_actor.-"),
+            _ => {
+                assert_eq!(get(header::KIND).unwrap(), "create_prompt");
+                assert_eq!(get(header::PROMPT).unwrap(), format!("team.a/p{}", seq - 3));
+                assert_eq!(get(header::ACTOR).unwrap(), "writer");
+                format!(
+                    "promptledger.{ledger_id}.events.create_prompt.team%2Ea/p{}",
+                    seq - 3
+                )
+            }
         };
         assert_eq!(subject, &expected_subject);
     }
     let (next, checkpoints) = read.verify(&ledger_key(&dir));
-    assert_eq!(next, 41);
+    assert_eq!(next, 43);
     assert!(checkpoints >= 1, "the final checkpoint was published");
 
     // The consumer command: verifies the same stream and prints the events from --from on.
@@ -342,10 +317,10 @@ async fn every_committed_event_arrives_in_order_with_its_headers_and_stored_byte
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 11, "events 30..=40");
+    assert_eq!(lines.len(), 13, "events 30..=42");
     assert_eq!(lines[0]["seq"], 30);
-    assert_eq!(lines[10]["prompt"], "team.a/p39");
-    assert!(stderr.contains("verified 41 events"), "{stderr}");
+    assert_eq!(lines[12]["prompt"], "team.a/p39");
+    assert!(stderr.contains("verified 43 events"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,8 +328,8 @@ async fn a_nats_outage_during_writes_loses_nothing_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nats = Nats::start(&tmp.path().join("nats"));
     let dir = DataDir::new(tmp.path().join("data"));
-    let server = Server::start(&dir.root, &nats.url()).await;
-    let mut c = admin(&dir, &server.endpoint()).await;
+    let server = start(&dir.root, &nats.url()).await;
+    let mut c = author(&dir, &server.endpoint()).await;
     write(&mut c, 0, 100).await;
     caught_up(&server.endpoint(), Duration::from_secs(20)).await;
 
@@ -362,19 +337,19 @@ async fn a_nats_outage_during_writes_loses_nothing_and_duplicates_nothing() {
     // Writes go on, acknowledged, while NATS is down.
     write(&mut c, 100, 300).await;
     let during = status(&server.endpoint()).await;
-    assert_eq!(during.size, 401);
+    assert_eq!(during.size, 403);
     let n = during.nats.unwrap();
     assert!(n.lag_entries > 0, "the lag shows: {n:?}");
 
     nats.restart();
     write(&mut c, 400, 50).await;
     let s = caught_up(&server.endpoint(), Duration::from_secs(30)).await;
-    assert_eq!(s.size, 451);
+    assert_eq!(s.size, 453);
     server.stop().await;
 
     let read = read_stream(&nats.url(), "PROMPTLEDGER").await;
-    read.assert_exactly(451);
-    assert_eq!(read.verify(&ledger_key(&dir)).0, 451);
+    read.assert_exactly(453);
+    assert_eq!(read.verify(&ledger_key(&dir)).0, 453);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,19 +357,19 @@ async fn writes_are_acknowledged_while_nats_is_absent_and_published_when_it_appe
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port(); // nothing listens here yet
     let dir = DataDir::new(tmp.path().join("data"));
-    let server = Server::start(&dir.root, &format!("nats://127.0.0.1:{port}")).await;
-    let mut c = admin(&dir, &server.endpoint()).await;
+    let server = start(&dir.root, &format!("nats://127.0.0.1:{port}")).await;
+    let mut c = author(&dir, &server.endpoint()).await;
     write(&mut c, 0, 200).await;
     let s = status(&server.endpoint()).await;
     let n = s.nats.unwrap();
-    assert_eq!((s.size, n.published, n.lag_entries), (201, 0, 201));
+    assert_eq!((s.size, n.published, n.lag_entries), (203, 0, 203));
     assert!(!n.connected);
 
     let nats = Nats::start_on(&tmp.path().join("nats"), port);
     caught_up(&server.endpoint(), Duration::from_secs(30)).await;
     server.stop().await;
     let read = read_stream(&nats.url(), "PROMPTLEDGER").await;
-    read.assert_exactly(201);
+    read.assert_exactly(203);
     read.verify(&ledger_key(&dir));
 }
 
@@ -441,7 +416,7 @@ async fn killing_the_ledger_mid_publish_leaves_no_duplicate_and_no_gap() {
         let (mut child, endpoint) = serve_process(&dir, &config).await;
         let mut writers = Vec::new();
         for w in 0..4 {
-            let mut c = admin(&dir, &endpoint).await;
+            let mut c = author(&dir, &endpoint).await;
             let from = 1_000_000 * (round + 1) + 10_000 * w;
             writers.push(tokio::spawn(async move {
                 let mut i = from;

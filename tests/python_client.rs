@@ -7,7 +7,7 @@ use promptledger::keyfile;
 use promptledger::ledger::keys::KeyPair;
 use promptledger::node::DataDir;
 use promptledger::proto::registry::v1 as pb;
-use promptledger::registry::model::{content_hash, Role};
+use promptledger::registry::model::content_hash;
 use promptledger::registry::statement::Action;
 use promptledger::server::{self, Config};
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ async fn the_python_client_commits_and_fetches_a_prompt() {
         .submit(Action::RegisterActor {
             name: "alice".into(),
             key: alice.public().to_vkey(),
-            roles: vec![Role::Author],
+            roles: vec!["author".into()],
         })
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use promptledger::ledger::keys::KeyPair;
 use promptledger::node::{self, DataDir};
 use promptledger::proto::bench::v1 as echo;
 use promptledger::proto::registry::v1 as pb;
-use promptledger::registry::model::{content_hash, Environment, Role};
+use promptledger::registry::model::{content_hash, Environment};
 use promptledger::registry::statement::{Action, Statement};
 use promptledger::storage::writer::system_clock_ms;
 use std::collections::BTreeMap;
@@ -182,16 +182,18 @@ async fn bench(args: GrpcArgs) -> Result<()> {
     let author = KeyPair::from_seed("author", &[1; 32])?;
     let deployer = KeyPair::from_seed("deployer", &[2; 32])?;
     let service = KeyPair::from_seed("svc", &[3; 32])?;
-    for (k, role) in [
-        (&author, Role::Author),
-        (&deployer, Role::Deployer),
-        (&service, Role::Service),
+    // The deployer breaks the glass: the setup is not what is measured, the gates are not in
+    // the read path.
+    for (k, roles) in [
+        (&author, &["author"][..]),
+        (&deployer, &["deployer", "breakglass"][..]),
+        (&service, &["service"][..]),
     ] {
         admin
             .submit(Action::RegisterActor {
                 name: k.name().into(),
                 key: k.public().to_vkey(),
-                roles: vec![role],
+                roles: roles.iter().map(|r| r.to_string()).collect(),
             })
             .await?;
     }
@@ -213,10 +215,13 @@ async fn bench(args: GrpcArgs) -> Result<()> {
             ))
             .await?;
         deployer_client
-            .submit(Action::PromoteVersion {
+            .submit(Action::BreakGlassPromote {
                 prompt,
                 version: 1,
                 environment: Environment::Production,
+                rollout: vec![],
+                reason: "benchmark setup".into(),
+                expected_deployment: None,
             })
             .await?;
     }

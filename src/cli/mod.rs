@@ -16,9 +16,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn init(data_dir: &Path) -> Result<ExitCode> {
+pub fn init(data_dir: &Path, policy_dir: Option<&Path>) -> Result<ExitCode> {
     let dir = DataDir::new(data_dir);
-    let report = node::init(&dir, system_clock_ms())
+    let policy = match policy_dir {
+        Some(p) => promptledger::policy::PolicyFiles::read_dir(p)?,
+        None => promptledger::policy::PolicyFiles::builtin(),
+    };
+    let version = policy.version();
+    let report = node::init_with_policy(&dir, system_clock_ms(), policy)
         .with_context(|| format!("initializing {}", data_dir.display()))?;
     println!("ledger id:   {}", report.ledger_id);
     println!("origin:      {}", report.origin);
@@ -30,6 +35,7 @@ pub fn init(data_dir: &Path) -> Result<ExitCode> {
         "admin key:   {} (secret; move it somewhere safe)",
         report.admin_key_path.display()
     );
+    println!("policy:      {version} (recorded at sequence 1)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,6 +172,10 @@ pub struct ServeArgs {
     /// (e.g. nats://127.0.0.1:4222). Without it nothing is published.
     #[arg(long, env = "PROMPTLEDGER_NATS_URL")]
     nats_url: Option<String>,
+    /// Policy files (model.conf, policy.csv, gates.toml) for the ledger the first start creates
+    /// [default: the shipped policies/].
+    #[arg(long, env = "PROMPTLEDGER_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
     /// JetStream stream to publish to, created if missing [default: PROMPTLEDGER].
     #[arg(long, env = "PROMPTLEDGER_NATS_STREAM")]
     nats_stream: Option<String>,
@@ -208,6 +218,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.nats_stream {
             c.nats.stream = v;
+        }
+        if self.policy_dir.is_some() {
+            c.policy_dir = self.policy_dir;
         }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

@@ -1,8 +1,10 @@
 //! The prompt registry: PromptLedger's personality on top of the generic ledger.
 //!
-//! So far: the signed statement format every actor request uses, the genesis statement, and
-//! the keyring that follows which actor keys may sign at each point of the log.
+//! The signed statement format every actor request uses, the projection (`state`: decide and
+//! apply), the gates (`governance`), the keyring that follows which actor keys may sign at each
+//! point of the log, and the writer personality that keeps the projection beside the log.
 
+pub mod governance;
 pub mod keyring;
 pub mod model;
 pub mod personality;

@@ -1,4 +1,5 @@
-//! The registry's vocabulary: roles, environments, and the content hash of a prompt version.
+//! The registry's vocabulary: environments, rollout splits, and the content hash of a prompt
+//! version. Roles and what they may do are policy (`crate::policy`).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -6,110 +7,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-/// What an actor may do. The promotion-policy issue moves the rules to Casbin; here they are a
-/// plain table ([`Role::may`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-    Author,
-    Reviewer,
-    Deployer,
-    Ci,
-    Service,
-    Auditor,
-}
-
-impl Role {
-    pub const ALL: [Role; 7] = [
-        Role::Admin,
-        Role::Author,
-        Role::Reviewer,
-        Role::Deployer,
-        Role::Ci,
-        Role::Service,
-        Role::Auditor,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Author => "author",
-            Role::Reviewer => "reviewer",
-            Role::Deployer => "deployer",
-            Role::Ci => "ci",
-            Role::Service => "service",
-            Role::Auditor => "auditor",
-        }
-    }
-
-    /// Whether this role may perform `permission`.
-    pub fn may(self, permission: Permission) -> bool {
-        use Permission::*;
-        match self {
-            Role::Admin => true,
-            Role::Author => matches!(permission, WritePrompt | ReadDeployed | ReadAll),
-            Role::Reviewer => matches!(permission, Approve | ReadDeployed | ReadAll),
-            Role::Deployer => matches!(permission, Promote | ReadDeployed | ReadAll),
-            Role::Ci => matches!(permission, Evaluate | Approve | ReadDeployed | ReadAll),
-            Role::Service => matches!(permission, ReadDeployed),
-            Role::Auditor => matches!(permission, ReadDeployed | ReadAll),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?} (one of admin, author, reviewer, deployer, ci, service, auditor)"))
-    }
-}
-
-/// Coarse permissions the roles grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Permission {
-    /// Register, rotate, revoke actors.
-    ManageActors,
-    /// Create prompts and commit versions.
-    WritePrompt,
-    /// Record evaluation results.
-    Evaluate,
-    /// Approve and revoke approvals.
-    Approve,
-    /// Promote and roll back.
-    Promote,
-    /// Fetch the prompt deployed in an environment (the hot path).
-    ReadDeployed,
-    /// Read everything else: versions, history, lists.
-    ReadAll,
-}
-
-impl Permission {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Permission::ManageActors => "manage actors",
-            Permission::WritePrompt => "write prompts",
-            Permission::Evaluate => "record evaluations",
-            Permission::Approve => "approve versions",
-            Permission::Promote => "promote versions",
-            Permission::ReadDeployed => "read deployed prompts",
-            Permission::ReadAll => "read the registry",
-        }
-    }
-
-    /// The roles that grant this permission, for error messages.
-    pub fn roles(self) -> Vec<Role> {
-        Role::ALL.into_iter().filter(|r| r.may(self)).collect()
-    }
+/// One version's share of an environment in a rollout: `weight` percent of routing keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    pub version: u64,
+    pub weight: u32,
 }
 
 /// Deployment environments, in promotion order.
@@ -220,19 +123,6 @@ mod tests {
         assert_eq!(
             content_hash("Hi {{name}}", "gpt-x", &params, &["name".into()]),
             want
-        );
-    }
-
-    #[test]
-    fn roles_grant_what_the_table_says() {
-        assert!(Role::Author.may(Permission::WritePrompt));
-        assert!(!Role::Author.may(Permission::Promote));
-        assert!(!Role::Service.may(Permission::ReadAll));
-        assert!(Role::Service.may(Permission::ReadDeployed));
-        assert!(!Role::Auditor.may(Permission::WritePrompt));
-        assert_eq!(
-            Permission::Promote.roles(),
-            vec![Role::Admin, Role::Deployer]
         );
     }
 

@@ -4,11 +4,12 @@
 //! publishes a fresh read view after each durable commit.
 
 use super::model::Environment;
-use super::state::{Actor, Event, KeyEntry, Prompt, Rejection, Row, State};
+use super::state::{Actor, Event, KeyEntry, PolicyRecord, Prompt, Rejection, Row, State};
 use super::statement::Statement;
 use crate::ledger::dsse::Envelope;
 use crate::ledger::entry::{Entry, Seq};
 use crate::ledger::merkle::Hash;
+use crate::policy::Policy;
 use crate::storage::keys::cf;
 use crate::storage::writer::{Batch, Context, Personality};
 use crate::storage::{Head, Store, StoreError};
@@ -35,6 +36,12 @@ pub struct View {
     pub prompts: imbl::OrdMap<String, Arc<Prompt>>,
     /// Keys valid now: key id → (actor, key).
     pub keys: imbl::OrdMap<String, KeyEntry>,
+    /// The policy in force and the sequence number that put it in force.
+    pub policy: Option<(Arc<Policy>, Seq)>,
+    /// Every policy put in force, oldest first.
+    pub policy_history: imbl::Vector<Arc<PolicyRecord>>,
+    /// See [`State::authz_epoch`].
+    pub authz_epoch: Seq,
 }
 
 impl View {
@@ -46,6 +53,9 @@ impl View {
             actors: state.actor_map().clone(),
             prompts: state.prompts().clone(),
             keys: state.valid_keys().clone(),
+            policy: state.policy().cloned(),
+            policy_history: state.policy_history().clone(),
+            authz_epoch: state.authz_epoch(),
         }
     }
 

@@ -6,11 +6,13 @@
 //! fails, so replaying any verified log gives a state, and replaying the same log gives the same
 //! state and the same [`State::state_root`].
 
-use super::model::{content_hash, valid_name, Environment, Permission, Role};
+use super::governance::{self, Decision};
+use super::model::{content_hash, valid_name, Environment, Split};
 use super::statement::{Action, Statement};
 use crate::ledger::entry::Seq;
 use crate::ledger::keys::PublicKey;
 use crate::ledger::merkle::Hash;
+use crate::policy::{namespace_of, Act, Grant, Policy, PolicyFiles};
 use ed25519_dalek::VerifyingKey;
 use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
@@ -44,11 +46,15 @@ pub enum Rejection {
     /// Not an error to the client: the same statement was already appended at `seq`.
     #[error("statement already recorded at sequence {seq}")]
     Duplicate { seq: Seq },
-    #[error("actor {actor} may not {}: needs one of the roles {}", permission.as_str(), roles(permission))]
-    PermissionDenied {
-        actor: String,
-        permission: Permission,
-    },
+    #[error("{0}")]
+    PermissionDenied(Box<Denied>),
+    #[error("no policy is in force: an admin must record one first (promptledger policy set)")]
+    NoPolicy,
+    #[error("{0}")]
+    GateFailed(Box<GateFailure>),
+    /// The state the statement was signed against has changed (compare-and-swap).
+    #[error("{reason}")]
+    Conflict { reason: String },
     #[error("{field}: {expected}")]
     InvalidArgument {
         field: &'static str,
@@ -70,12 +76,44 @@ pub enum Rejection {
     NotAppendable { kind: &'static str },
 }
 
-fn roles(p: &Permission) -> String {
-    p.roles()
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Who may not do what, where, under which policy.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("actor {actor} may not {act} in namespace {namespace}{}: none of its roles ({}) allows it under policy {policy}", env_part(environment), held(roles))]
+pub struct Denied {
+    pub actor: String,
+    pub act: Act,
+    pub namespace: String,
+    pub environment: String,
+    pub roles: Vec<String>,
+    pub policy: String,
+}
+
+/// The first gate a promotion failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{prompt} version {version} may not enter {environment}: gate {gate} failed: {detail} (policy {policy})")]
+pub struct GateFailure {
+    pub prompt: String,
+    pub version: u64,
+    pub environment: Environment,
+    pub gate: String,
+    pub detail: String,
+    pub policy: String,
+}
+
+fn env_part(environment: &str) -> String {
+    if environment == "*" {
+        String::new()
+    } else {
+        format!(", environment {environment}")
+    }
+}
+
+fn held(roles: &[String]) -> String {
+    if roles.is_empty() {
+        "none".into()
+    } else {
+        roles.join(", ")
+    }
 }
 
 fn approval_name(prompt: &str, version: u64, environment: Environment, by: &str) -> String {
@@ -97,11 +135,48 @@ pub struct ActorKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Actor {
     pub name: String,
-    pub roles: BTreeSet<Role>,
+    /// Role assignments now: `role` or `role@namespace`.
+    pub roles: BTreeSet<String>,
+    /// Every assignment the actor held, oldest first; empty until the first change (then the
+    /// registration's assignments are its first item).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_history: Vec<RoleChange>,
     pub keys: Vec<ActorKey>,
     pub registered_seq: Seq,
     pub revoked_seq: Option<Seq>,
     pub revoked_reason: Option<String>,
+}
+
+/// Role assignments an actor held from `seq` on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoleChange {
+    pub seq: Seq,
+    pub roles: BTreeSet<String>,
+}
+
+impl Actor {
+    /// The role assignments held after the entry at `seq` (empty before registration and
+    /// from revocation on).
+    pub fn roles_at(&self, seq: Seq) -> BTreeSet<String> {
+        if seq < self.registered_seq || self.revoked_seq.is_some_and(|r| r <= seq) {
+            return BTreeSet::new();
+        }
+        self.role_history
+            .iter()
+            .rev()
+            .find(|c| c.seq <= seq)
+            .map_or_else(|| self.roles.clone(), |c| c.roles.clone())
+    }
+}
+
+/// A policy put in force by a `set_policy` event (or by nothing: see [`State::policy`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub seq: Seq,
+    pub version: String,
+    pub by: String,
+    pub timestamp_ms: u64,
+    pub files: PolicyFiles,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,12 +197,25 @@ pub struct Version {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub environment: Environment,
+    /// The version this deployment promoted (or rolled back to).
     pub version: u64,
     /// Sequence number of the promotion or rollback that made it live.
     pub seq: Seq,
     pub timestamp_ms: u64,
     pub by: String,
     pub rollback: bool,
+    /// Rollout weights; empty: `version` takes all traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub splits: Vec<Split>,
+    /// Made past the gates by a break-glass promotion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// The reason given (rollback, break-glass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The policy and evidence that let it through (absent before any policy was in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,6 +252,9 @@ pub struct HistoryItem {
     pub timestamp_ms: u64,
     pub version: Option<u64>,
     pub environment: Option<Environment>,
+    /// A break-glass promotion: made past the gates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 /// A prompt. Its header (these serialized fields) is one row of the `state` column family; each
@@ -294,6 +385,8 @@ pub enum Row {
     Evaluation(String, Seq),
     Approval(String, Seq),
     Deployment(String, Seq),
+    /// A policy put in force, by the sequence number of its `set_policy` event.
+    Policy(Seq),
 }
 
 impl Row {
@@ -306,12 +399,16 @@ impl Row {
             Row::Evaluation(n, i) => format!("p/{n}#e/{i:020}"),
             Row::Approval(n, i) => format!("p/{n}#a/{i:020}"),
             Row::Deployment(n, i) => format!("p/{n}#d/{i:020}"),
+            Row::Policy(i) => format!("r/{i:020}"),
         }
     }
 
     pub fn decode(s: &str) -> Option<Self> {
         if let Some(n) = s.strip_prefix("a/") {
             return Some(Row::Actor(n.to_owned()));
+        }
+        if let Some(i) = s.strip_prefix("r/") {
+            return i.parse().ok().map(Row::Policy);
         }
         let rest = s.strip_prefix("p/")?;
         let Some((name, item)) = rest.split_once('#') else {
@@ -340,8 +437,40 @@ pub struct State {
     keys: OrdMap<String, KeyEntry>,
     /// Derived: (actor, nonce) → (seq, payload hash). Replay protection and idempotency.
     nonces: HashMap<(String, String), (Seq, Hash)>,
-    /// Derived: digest of each actor and prompt (see [`Prompt::digest`]), for the state root.
+    /// Derived: digest of each actor, prompt (see [`Prompt::digest`]) and policy record, for
+    /// the state root.
     digests: BTreeMap<String, Hash>,
+    /// Every policy put in force, oldest first.
+    policy_history: Vector<Arc<PolicyRecord>>,
+    /// Derived: the policy in force, parsed, and the sequence number that put it in force.
+    policy: Option<(Arc<Policy>, Seq)>,
+    /// Derived: sequence number of the last change to roles, revocations or policy. Read
+    /// sessions resolve their permissions again when it moves.
+    authz_epoch: Seq,
+}
+
+/// Whether `actor` (live) may `act` in `namespace` (`"*"`: every namespace) and `environment`
+/// (`"*"`: none in particular) under `policy`. Without a policy, only the administrators
+/// may manage actors and record the first policy.
+pub fn actor_may(
+    policy: Option<&Policy>,
+    actor: Option<&Actor>,
+    act: Act,
+    namespace: &str,
+    environment: &str,
+) -> bool {
+    let Some(actor) = actor.filter(|a| a.revoked_seq.is_none()) else {
+        return false;
+    };
+    match policy {
+        Some(p) => p.grants_allow(
+            actor.roles.iter().map(String::as_str),
+            namespace,
+            environment,
+            act,
+        ),
+        None => matches!(act, Act::ManageActors | Act::SetPolicy) && actor.roles.contains("admin"),
+    }
 }
 
 fn digest<T: Serialize>(value: &T) -> Hash {
@@ -352,6 +481,81 @@ fn invalid(field: &'static str, expected: impl Into<String>) -> Rejection {
     Rejection::InvalidArgument {
         field,
         expected: expected.into(),
+    }
+}
+
+/// A compare-and-swap guard: the deployment live in `env` must be the one the actor saw.
+fn check_expected(p: &Prompt, env: Environment, expected: Option<u64>) -> Result<(), Rejection> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let live = p.deployments.get(&env).map_or(0, |d| d.seq);
+    if live != expected {
+        return Err(Rejection::Conflict {
+            reason: format!(
+                "{} in {env} changed: the statement expected the deployment at sequence {expected}, the live one is at {live}",
+                p.name
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The weights a promotion asks for, checked: empty (the version alone), or weights of at
+/// least 1 summing to 100 over distinct versions that include `version`, every other one live
+/// in `env` now.
+fn check_rollout(
+    p: &Prompt,
+    version: u64,
+    env: Environment,
+    rollout: &[Split],
+) -> Result<Vec<Split>, Rejection> {
+    if rollout.is_empty() {
+        return Ok(vec![]);
+    }
+    let live: BTreeSet<u64> = p
+        .deployments
+        .get(&env)
+        .map(|d| governance::splits_of(d).iter().map(|s| s.version).collect())
+        .unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    let mut total = 0u64;
+    for s in rollout {
+        if s.weight == 0 || !seen.insert(s.version) {
+            return Err(invalid(
+                "rollout",
+                "distinct versions with weights of at least 1",
+            ));
+        }
+        if s.version != version && !live.contains(&s.version) {
+            return Err(invalid(
+                "rollout",
+                format!(
+                    "besides version {version}, only versions live in {env} now ({live:?}); version {} is not",
+                    s.version
+                ),
+            ));
+        }
+        total += u64::from(s.weight);
+    }
+    if total != 100 || !seen.contains(&version) {
+        return Err(invalid(
+            "rollout",
+            format!("weights summing to 100 that include version {version}, got {total}"),
+        ));
+    }
+    Ok(rollout.to_vec())
+}
+
+/// The splits a deployment will route by.
+fn effective(splits: &[Split], version: u64) -> Vec<Split> {
+    if splits.is_empty() {
+        vec![Split {
+            version,
+            weight: 100,
+        }]
+    } else {
+        splits.to_vec()
     }
 }
 
@@ -395,17 +599,83 @@ impl State {
         self.keys.get(keyid).map(|k| (k.actor.as_str(), k.key))
     }
 
-    /// Roles of an actor that is not revoked.
-    pub fn roles(&self, actor: &str) -> Option<&BTreeSet<Role>> {
-        self.actors
-            .get(actor)
-            .filter(|a| a.revoked_seq.is_none())
-            .map(|a| &a.roles)
+    /// The policy in force and the sequence number of the event that put it in force.
+    pub fn policy(&self) -> Option<&(Arc<Policy>, Seq)> {
+        self.policy.as_ref()
     }
 
-    pub fn may(&self, actor: &str, permission: Permission) -> bool {
-        self.roles(actor)
-            .is_some_and(|roles| roles.iter().any(|r| r.may(permission)))
+    /// Every policy put in force, oldest first (a persistent list: cloning it is O(1)).
+    pub fn policy_history(&self) -> &Vector<Arc<PolicyRecord>> {
+        &self.policy_history
+    }
+
+    /// See the field.
+    pub fn authz_epoch(&self) -> Seq {
+        self.authz_epoch
+    }
+
+    /// See [`actor_may`].
+    pub fn may(&self, actor: &str, act: Act, namespace: &str, environment: &str) -> bool {
+        actor_may(
+            self.policy.as_ref().map(|(p, _)| p.as_ref()),
+            self.actors.get(actor).map(|a| a.as_ref()),
+            act,
+            namespace,
+            environment,
+        )
+    }
+
+    fn need(
+        &self,
+        actor: &str,
+        act: Act,
+        namespace: &str,
+        environment: &str,
+    ) -> Result<(), Rejection> {
+        if self.may(actor, act, namespace, environment) {
+            return Ok(());
+        }
+        let Some((policy, _)) = &self.policy else {
+            return Err(Rejection::NoPolicy);
+        };
+        Err(Rejection::PermissionDenied(Box::new(Denied {
+            actor: actor.to_owned(),
+            act,
+            namespace: namespace.to_owned(),
+            environment: environment.to_owned(),
+            roles: self
+                .actors
+                .get(actor)
+                .map(|a| a.roles.iter().cloned().collect())
+                .unwrap_or_default(),
+            policy: policy.version().to_owned(),
+        })))
+    }
+
+    /// Role assignments must parse and, once a policy is in force, name roles it knows.
+    fn check_roles(&self, roles: &[String]) -> Result<(), Rejection> {
+        for r in roles {
+            let Some(grant) = Grant::parse(r) else {
+                return Err(invalid(
+                    "roles",
+                    format!("`role` or `role@namespace` of [A-Za-z0-9._-], got {r:?}"),
+                ));
+            };
+            if let Some((policy, _)) = &self.policy {
+                if !policy.roles().contains(grant.role) {
+                    let known: Vec<&str> = policy.roles().iter().map(String::as_str).collect();
+                    return Err(invalid(
+                        "roles",
+                        format!(
+                            "roles the policy in force names ({}), got {:?}",
+                            known.join(", "),
+                            grant.role
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Where a nonce of `actor` was used.
@@ -447,20 +717,11 @@ impl State {
         }
         self.authenticate(ev)?;
         let actor = st.actor.as_str();
-        let need = |permission: Permission| {
-            if self.may(actor, permission) {
-                Ok(())
-            } else {
-                Err(Rejection::PermissionDenied {
-                    actor: actor.to_owned(),
-                    permission,
-                })
-            }
-        };
+        let ns = st.action.prompt().map(namespace_of).unwrap_or("*");
         match &st.action {
             Action::Genesis { .. } | Action::OpenSession {} => unreachable!("handled above"),
             Action::RegisterActor { name, key, roles } => {
-                need(Permission::ManageActors)?;
+                self.need(actor, Act::ManageActors, "*", "*")?;
                 if !valid_name(name) {
                     return Err(invalid("name", "1-128 characters of [A-Za-z0-9._/-]"));
                 }
@@ -473,17 +734,55 @@ impl State {
                 if roles.is_empty() {
                     return Err(invalid("roles", "at least one role"));
                 }
+                self.check_roles(roles)
+            }
+            Action::SetActorRoles { name, roles } => {
+                self.need(actor, Act::ManageActors, "*", "*")?;
+                let current = self.live_actor(name)?;
+                self.check_roles(roles)?;
+                let new: BTreeSet<String> = roles.iter().cloned().collect();
+                if new == current.roles {
+                    return Err(Rejection::FailedPrecondition {
+                        reason: format!("actor {name} already holds exactly these roles"),
+                    });
+                }
+                Ok(())
+            }
+            Action::SetPolicy { files } => {
+                self.need(actor, Act::SetPolicy, "*", "*")?;
+                let policy = Policy::new(files.clone())
+                    .map_err(|e| invalid("files", format!("valid policy files: {e}")))?;
+                if self
+                    .policy
+                    .as_ref()
+                    .is_some_and(|(p, _)| p.version() == policy.version())
+                {
+                    return Err(Rejection::FailedPrecondition {
+                        reason: format!("policy {} is already in force", policy.version()),
+                    });
+                }
+                // Refuse a policy under which nobody could ever change the policy again.
+                let someone = self
+                    .actors
+                    .values()
+                    .any(|a| actor_may(Some(&policy), Some(a), Act::SetPolicy, "*", "*"));
+                if !someone {
+                    return Err(Rejection::FailedPrecondition {
+                        reason: "under the new policy no live actor could set the policy again"
+                            .into(),
+                    });
+                }
                 Ok(())
             }
             Action::RotateKey { name, new_key } => {
                 if name != actor {
-                    need(Permission::ManageActors)?;
+                    self.need(actor, Act::ManageActors, "*", "*")?;
                 }
                 self.live_actor(name)?;
                 self.check_new_key(name, new_key)
             }
             Action::RevokeActor { name, reason } => {
-                need(Permission::ManageActors)?;
+                self.need(actor, Act::ManageActors, "*", "*")?;
                 self.live_actor(name)?;
                 if reason.trim().is_empty() {
                     return Err(invalid("reason", "a non-empty reason"));
@@ -491,10 +790,10 @@ impl State {
                 Ok(())
             }
             Action::CreatePrompt { prompt, .. } => {
-                need(Permission::WritePrompt)?;
                 if !valid_name(prompt) {
                     return Err(invalid("prompt", "1-128 characters of [A-Za-z0-9._/-]"));
                 }
+                self.need(actor, Act::CreatePrompt, ns, "*")?;
                 if self.prompts.contains_key(prompt) {
                     return Err(Rejection::AlreadyExists {
                         what: format!("prompt {prompt}"),
@@ -512,7 +811,7 @@ impl State {
                 content_hash: hash,
                 ..
             } => {
-                need(Permission::WritePrompt)?;
+                self.need(actor, Act::CommitVersion, ns, "*")?;
                 let p = self.existing_prompt(prompt)?;
                 if *parent_version != p.head() {
                     return Err(Rejection::StaleParent {
@@ -555,7 +854,7 @@ impl State {
                 evaluator,
                 ..
             } => {
-                need(Permission::Evaluate)?;
+                self.need(actor, Act::RecordEvaluation, ns, "*")?;
                 let v = self.existing_version(prompt, *version)?;
                 if v.content_hash != *hash {
                     return Err(invalid(
@@ -580,7 +879,7 @@ impl State {
                 content_hash: hash,
                 environment,
             } => {
-                need(Permission::Approve)?;
+                self.need(actor, Act::Approve, ns, environment.as_str())?;
                 let v = self.existing_version(prompt, *version)?;
                 if v.content_hash != *hash {
                     return Err(invalid(
@@ -609,7 +908,7 @@ impl State {
                 environment,
                 reason,
             } => {
-                need(Permission::Approve)?;
+                self.need(actor, Act::Approve, ns, environment.as_str())?;
                 let p = self.existing_prompt(prompt)?;
                 if reason.trim().is_empty() {
                     return Err(invalid("reason", "a non-empty reason"));
@@ -625,19 +924,60 @@ impl State {
                 prompt,
                 version,
                 environment,
+                rollout,
+                expected_deployment,
+            }
+            | Action::BreakGlassPromote {
+                prompt,
+                version,
+                environment,
+                rollout,
+                expected_deployment,
+                ..
             } => {
-                need(Permission::Promote)?;
-                self.existing_version(prompt, *version)?;
+                let break_glass = match &st.action {
+                    Action::BreakGlassPromote { reason, .. } => Some(reason),
+                    _ => None,
+                };
+                let act = if break_glass.is_some() {
+                    Act::BreakGlass
+                } else {
+                    Act::Promote
+                };
+                self.need(actor, act, ns, environment.as_str())?;
+                if break_glass.is_some_and(|r| r.trim().is_empty()) {
+                    return Err(invalid(
+                        "reason",
+                        "a non-empty reason for breaking the glass",
+                    ));
+                }
+                let v = self.existing_version(prompt, *version)?;
                 let p = self.existing_prompt(prompt)?;
-                if p.deployments
-                    .get(environment)
-                    .is_some_and(|d| d.version == *version)
-                {
+                check_expected(p, *environment, *expected_deployment)?;
+                let splits = check_rollout(p, *version, *environment, rollout)?;
+                let current = p.deployments.get(environment).map(governance::splits_of);
+                if current.as_deref() == Some(effective(&splits, *version).as_slice()) {
                     return Err(Rejection::FailedPrecondition {
                         reason: format!(
-                            "{prompt} version {version} is already live in {environment}"
+                            "{prompt} version {version} is already live in {environment} with these weights"
                         ),
                     });
+                }
+                if break_glass.is_none() {
+                    let decision = self.decision(p, v, *environment, ev.timestamp_ms);
+                    if let Some(failed) = decision.as_ref().and_then(|d| d.failed()) {
+                        return Err(Rejection::GateFailed(Box::new(GateFailure {
+                            prompt: prompt.clone(),
+                            version: *version,
+                            environment: *environment,
+                            gate: failed.gate.clone(),
+                            detail: failed.detail.clone(),
+                            policy: decision
+                                .as_ref()
+                                .map(|d| d.policy_version.clone())
+                                .unwrap_or_default(),
+                        })));
+                    }
                 }
                 Ok(())
             }
@@ -646,18 +986,26 @@ impl State {
                 version,
                 environment,
                 reason,
+                expected_deployment,
             } => {
-                need(Permission::Promote)?;
+                self.need(actor, Act::Rollback, ns, environment.as_str())?;
                 let p = self.existing_prompt(prompt)?;
                 if reason.trim().is_empty() {
                     return Err(invalid("reason", "a non-empty reason"));
                 }
-                let current = p.deployments.get(environment).map(|d| d.version);
-                let was_live = p
-                    .deployment_history
-                    .iter()
-                    .any(|d| d.environment == *environment && d.version == *version);
-                if !was_live || current == Some(*version) {
+                check_expected(p, *environment, *expected_deployment)?;
+                let current = p.deployments.get(environment).map(governance::splits_of);
+                let was_live = p.deployment_history.iter().any(|d| {
+                    d.environment == *environment
+                        && governance::splits_of(d)
+                            .iter()
+                            .any(|s| s.version == *version)
+                });
+                let whole = [Split {
+                    version: *version,
+                    weight: 100,
+                }];
+                if !was_live || current.as_deref() == Some(whole.as_slice()) {
                     return Err(Rejection::FailedPrecondition {
                         reason: format!(
                             "{prompt} version {version} was not live in {environment} before (or is live now); rollback only returns to an earlier live version"
@@ -667,6 +1015,20 @@ impl State {
                 Ok(())
             }
         }
+    }
+
+    /// The gate decision for `version` entering `env` now, under the policy in force.
+    fn decision(&self, p: &Prompt, v: &Version, env: Environment, now_ms: u64) -> Option<Decision> {
+        let (policy, seq) = self.policy.as_ref()?;
+        Some(governance::evaluate(
+            policy,
+            *seq,
+            p,
+            v,
+            env,
+            &self.actors,
+            now_ms,
+        ))
     }
 
     /// Signature-independent checks every appended statement needs: right ledger, a valid key
@@ -761,11 +1123,12 @@ impl State {
         self.nonces
             .insert((actor.clone(), st.nonce.clone()), (ev.seq, ev.payload_hash));
         let mut changed = Vec::new();
-        let new_actor = |name: &str, vkey: &str, roles: BTreeSet<Role>| {
+        let new_actor = |name: &str, vkey: &str, roles: BTreeSet<String>| {
             let key = PublicKey::from_vkey(vkey).ok()?;
             Some(Actor {
                 name: name.to_owned(),
                 roles,
+                role_history: vec![],
                 keys: vec![ActorKey {
                     keyid: key.key_id().to_string(),
                     vkey: vkey.to_owned(),
@@ -783,16 +1146,47 @@ impl State {
                 let name = PublicKey::from_vkey(admin_key)
                     .map(|k| k.name().to_owned())
                     .unwrap_or_default();
-                if let Some(a) = new_actor(&name, admin_key, BTreeSet::from([Role::Admin])) {
+                if let Some(a) = new_actor(&name, admin_key, BTreeSet::from(["admin".to_owned()])) {
                     changed.push(self.put_actor(a));
                 }
             }
             Action::OpenSession {} => {}
             Action::RegisterActor { name, key, roles } => {
                 if !self.actors.contains_key(name) {
-                    if let Some(a) = new_actor(name, key, roles.iter().copied().collect()) {
+                    if let Some(a) = new_actor(name, key, roles.iter().cloned().collect()) {
                         changed.push(self.put_actor(a));
+                        self.authz_epoch = ev.seq;
                     }
+                }
+            }
+            Action::SetActorRoles { name, roles } => {
+                if let Some(a) = self.actors.get(name) {
+                    let mut a = Actor::clone(a);
+                    if a.role_history.is_empty() {
+                        a.role_history.push(RoleChange {
+                            seq: a.registered_seq,
+                            roles: a.roles.clone(),
+                        });
+                    }
+                    a.roles = roles.iter().cloned().collect();
+                    a.role_history.push(RoleChange {
+                        seq: ev.seq,
+                        roles: a.roles.clone(),
+                    });
+                    changed.push(self.put_actor(a));
+                    self.authz_epoch = ev.seq;
+                }
+            }
+            Action::SetPolicy { files } => {
+                if let Ok(policy) = Policy::new(files.clone()) {
+                    let record = PolicyRecord {
+                        seq: ev.seq,
+                        version: policy.version().to_owned(),
+                        by: actor.clone(),
+                        timestamp_ms: ev.timestamp_ms,
+                        files: files.clone(),
+                    };
+                    changed.push(self.put_policy(record, Arc::new(policy)));
                 }
             }
             Action::RotateKey { name, new_key } => {
@@ -819,6 +1213,7 @@ impl State {
                         k.retired_seq = Some(ev.seq);
                     }
                     changed.push(self.put_actor(a));
+                    self.authz_epoch = ev.seq;
                 }
             }
             Action::CreatePrompt {
@@ -949,14 +1344,40 @@ impl State {
                 prompt,
                 version,
                 environment,
+                ..
             }
             | Action::RollbackPrompt {
                 prompt,
                 version,
                 environment,
                 ..
+            }
+            | Action::BreakGlassPromote {
+                prompt,
+                version,
+                environment,
+                ..
             } => {
-                let rollback = matches!(st.action, Action::RollbackPrompt { .. });
+                let (rollback, splits, reason) = match &st.action {
+                    Action::PromoteVersion { rollout, .. } => (false, rollout.clone(), None),
+                    Action::RollbackPrompt { reason, .. } => (true, vec![], Some(reason.clone())),
+                    Action::BreakGlassPromote {
+                        rollout, reason, ..
+                    } => (false, rollout.clone(), Some(reason.clone())),
+                    _ => unreachable!("matched above"),
+                };
+                let break_glass = matches!(st.action, Action::BreakGlassPromote { .. });
+                let decision = match (self.prompts.get(prompt), &self.policy) {
+                    (Some(p), Some((policy, policy_seq))) if rollback => Some(
+                        governance::rollback(policy, *policy_seq, p, *version, *environment),
+                    ),
+                    (Some(p), Some(_)) => p.version(*version).and_then(|v| {
+                        let mut d = self.decision(p, v, *environment, ev.timestamp_ms)?;
+                        d.break_glass = reason.clone().filter(|_| break_glass);
+                        Some(d)
+                    }),
+                    _ => None,
+                };
                 changed.extend(
                     self.record(prompt, ev, Some(*version), Some(*environment), |p| {
                         let d = Deployment {
@@ -966,6 +1387,10 @@ impl State {
                             timestamp_ms: ev.timestamp_ms,
                             by: actor.clone(),
                             rollback,
+                            splits,
+                            break_glass,
+                            reason,
+                            decision,
                         };
                         p.push_deployment(d.clone());
                         p.deployments.insert(*environment, d);
@@ -1001,12 +1426,22 @@ impl State {
             timestamp_ms: ev.timestamp_ms,
             version,
             environment,
+            break_glass: matches!(ev.statement.action, Action::BreakGlassPromote { .. }),
         });
         rows.push(Row::History(prompt.to_owned(), ev.seq));
         rows.push(Row::Prompt(prompt.to_owned()));
         self.digests
             .insert(Row::Prompt(prompt.to_owned()).encode(), p.digest());
         rows
+    }
+
+    fn put_policy(&mut self, record: PolicyRecord, policy: Arc<Policy>) -> Row {
+        let row = Row::Policy(record.seq);
+        self.digests.insert(row.encode(), digest(&record));
+        self.policy = Some((policy, record.seq));
+        self.authz_epoch = self.authz_epoch.max(record.seq);
+        self.policy_history.push_back(Arc::new(record));
+        row
     }
 
     fn put_actor(&mut self, actor: Actor) -> Row {
@@ -1064,6 +1499,7 @@ impl State {
                 *s,
                 |d| d.seq,
             ),
+            Row::Policy(s) => at(self.policy_history.iter().map(|r| &**r), *s, |r| r.seq),
         }
     }
 
@@ -1090,7 +1526,22 @@ impl State {
             match row {
                 Row::Actor(_) => {
                     let a: Actor = serde_json::from_slice(&json)?;
+                    let changes = [Some(a.registered_seq), a.revoked_seq]
+                        .into_iter()
+                        .flatten()
+                        .chain(a.role_history.iter().map(|c| c.seq));
+                    state.authz_epoch = changes.fold(state.authz_epoch, Seq::max);
                     state.put_actor(a);
+                }
+                Row::Policy(_) => {
+                    let record: PolicyRecord = serde_json::from_slice(&json)?;
+                    let policy = Policy::new(record.files.clone()).map_err(|e| {
+                        <serde_json::Error as serde::de::Error>::custom(format!(
+                            "stored policy at {} no longer loads: {e}",
+                            record.seq
+                        ))
+                    })?;
+                    state.put_policy(record, Arc::new(policy));
                 }
                 Row::Prompt(_) => {
                     let header: Prompt = serde_json::from_slice(&json)?;
@@ -1105,7 +1556,9 @@ impl State {
                         Row::Evaluation(..) => p.push_evaluation(serde_json::from_slice(&json)?),
                         Row::Approval(..) => p.approvals.push(serde_json::from_slice(&json)?),
                         Row::Deployment(..) => p.push_deployment(serde_json::from_slice(&json)?),
-                        Row::Actor(_) | Row::Prompt(_) => unreachable!("matched above"),
+                        Row::Actor(_) | Row::Prompt(_) | Row::Policy(_) => {
+                            unreachable!("matched above")
+                        }
                     }
                 }
             }

@@ -5,7 +5,8 @@
 //! The payload bytes are stored exactly as the actor signed them, so their JSON spelling
 //! (field order, whitespace) never matters to verification; it only has to parse.
 
-use super::model::{Environment, Role};
+use super::model::{Environment, Split};
+use crate::policy::PolicyFiles;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -42,12 +43,17 @@ pub enum Action {
     },
     /// Asks for a read session token. Never appended to the log.
     OpenSession {},
-    /// Registers an actor (person, CI pipeline, service) with a key and roles. Admin only.
+    /// Registers an actor (person, CI pipeline, service) with a key and role assignments:
+    /// `role` (every namespace) or `role@namespace`.
     RegisterActor {
         name: String,
         key: String,
-        roles: Vec<Role>,
+        roles: Vec<String>,
     },
+    /// Replaces an actor's role assignments from this entry on.
+    SetActorRoles { name: String, roles: Vec<String> },
+    /// Puts new policy files in force from this entry on.
+    SetPolicy { files: PolicyFiles },
     /// Replaces an actor's key; the old key stops being valid at this entry.
     RotateKey { name: String, new_key: String },
     /// Revokes an actor and all its keys from this entry on.
@@ -93,11 +99,17 @@ pub enum Action {
         environment: Environment,
         reason: String,
     },
-    /// Makes a version live in an environment.
+    /// Makes a version live in an environment, past its gates: alone, or with `rollout`
+    /// weights over it and versions live there now (90/10).
     PromoteVersion {
         prompt: String,
         version: u64,
         environment: Environment,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rollout: Vec<Split>,
+        /// Compare-and-swap: the sequence number of the deployment the actor saw live (0: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_deployment: Option<u64>,
     },
     /// Puts back a version that was live in the environment before.
     RollbackPrompt {
@@ -105,6 +117,20 @@ pub enum Action {
         version: u64,
         environment: Environment,
         reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_deployment: Option<u64>,
+    },
+    /// Promotes past the gates in an emergency. Needs the `break_glass` permission and a
+    /// reason; flagged in the deployment, the history and every audit view.
+    BreakGlassPromote {
+        prompt: String,
+        version: u64,
+        environment: Environment,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rollout: Vec<Split>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_deployment: Option<u64>,
     },
 }
 
@@ -115,6 +141,8 @@ impl Action {
             Action::Genesis { .. } => "genesis",
             Action::OpenSession {} => "open_session",
             Action::RegisterActor { .. } => "register_actor",
+            Action::SetActorRoles { .. } => "set_actor_roles",
+            Action::SetPolicy { .. } => "set_policy",
             Action::RotateKey { .. } => "rotate_key",
             Action::RevokeActor { .. } => "revoke_actor",
             Action::CreatePrompt { .. } => "create_prompt",
@@ -124,6 +152,7 @@ impl Action {
             Action::RevokeApproval { .. } => "revoke_approval",
             Action::PromoteVersion { .. } => "promote_version",
             Action::RollbackPrompt { .. } => "rollback_prompt",
+            Action::BreakGlassPromote { .. } => "break_glass_promote",
         }
     }
 
@@ -136,7 +165,8 @@ impl Action {
             | Action::ApproveVersion { prompt, .. }
             | Action::RevokeApproval { prompt, .. }
             | Action::PromoteVersion { prompt, .. }
-            | Action::RollbackPrompt { prompt, .. } => Some(prompt),
+            | Action::RollbackPrompt { prompt, .. }
+            | Action::BreakGlassPromote { prompt, .. } => Some(prompt),
             _ => None,
         }
     }

@@ -4,22 +4,24 @@
 //!   skew and a valid Ed25519 signature by a key valid in the current read view. The writer then
 //!   re-checks key validity, nonce and permissions against the authoritative state.
 //! - reads: a session token from [`Sessions`], obtained once with a signed `open_session`
-//!   statement. Looking a token up is a hash-map read; the roles were resolved when the session
-//!   was opened, so the hot path does no signature check and no policy evaluation.
+//!   statement. Looking a token up is a hash-map read; its read permissions were resolved from the
+//!   policy when the session was opened (and again only after roles or policy change), so the
+//!   hot path does no signature check and no Casbin call.
 
 use super::status::ApiError;
 use crate::ledger::dsse::{Envelope, Signature as DsseSignature};
+use crate::policy::{Act, Grant};
 use crate::proto::registry::v1 as pb;
-use crate::registry::model::{Permission, Role};
+use crate::registry::model::Environment;
 use crate::registry::personality::{Submission, View};
-use crate::registry::state::KeyEntry;
+use crate::registry::state::{actor_may, KeyEntry};
 use crate::registry::statement::{Statement, STATEMENT_PAYLOAD_TYPE};
 use crate::sigbatch::{SigItem, SignatureBatcher};
 use ed25519_dalek::Signature;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Limits and tolerances of statement checking.
 #[derive(Clone, Debug)]
@@ -164,25 +166,106 @@ fn check_statement(
     ))
 }
 
-/// A read session.
-#[derive(Clone, Debug)]
-pub struct Session {
-    pub actor: String,
-    pub roles: BTreeSet<Role>,
-    pub expires_at_ms: u64,
+/// Where a session may read something.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Everywhere,
+    In(BTreeSet<String>),
 }
 
-impl Session {
-    pub fn may(&self, permission: Permission) -> bool {
-        self.roles.iter().any(|r| r.may(permission))
+impl Scope {
+    fn covers(&self, namespace: &str) -> bool {
+        match self {
+            Scope::Everywhere => true,
+            Scope::In(set) => set.contains(namespace),
+        }
     }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Scope::In(set) if set.is_empty())
+    }
+}
+
+/// What a read needs: `act` over every namespace, over at least one (the answer is then
+/// filtered), or in one.
+#[derive(Clone, Copy, Debug)]
+pub enum Need<'a> {
+    Everywhere(Act),
+    Somewhere(Act),
+    In(Act, &'a str),
+    /// The prompt deployed in an environment of a namespace.
+    Deployed(&'a str, Environment),
+}
+
+/// A session's read permissions, resolved from the policy and the actor's roles once (and again
+/// only when roles or policy change), so that a read is a set lookup, not a Casbin call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAccess {
+    pub read: Scope,
+    /// `read_deployed`, per environment in [`Environment::ALL`] order.
+    pub deployed: [Scope; 3],
+}
+
+impl ReadAccess {
+    pub fn resolve(view: &View, actor: &str) -> ReadAccess {
+        let policy = view.policy.as_ref().map(|(p, _)| p.as_ref());
+        let actor = view.actors.get(actor).map(|a| a.as_ref());
+        let scope = |act: Act, env: &str| {
+            if actor_may(policy, actor, act, "*", env) {
+                return Scope::Everywhere;
+            }
+            let mut candidates: BTreeSet<String> =
+                policy.map(|p| p.namespaces().clone()).unwrap_or_default();
+            for grant in actor.iter().flat_map(|a| a.roles.iter()) {
+                if let Some(ns) = Grant::parse(grant).and_then(|g| g.namespace) {
+                    candidates.insert(ns.to_owned());
+                }
+            }
+            candidates.retain(|ns| actor_may(policy, actor, act, ns, env));
+            Scope::In(candidates)
+        };
+        ReadAccess {
+            read: scope(Act::Read, "*"),
+            deployed: Environment::ALL.map(|e| scope(Act::ReadDeployed, e.as_str())),
+        }
+    }
+
+    /// Whether `need` is met.
+    pub fn allows(&self, need: Need<'_>) -> bool {
+        match need {
+            Need::Everywhere(Act::Read) => self.read == Scope::Everywhere,
+            Need::Somewhere(Act::Read) => !self.read.is_empty(),
+            Need::In(Act::Read, ns) => self.read.covers(ns),
+            Need::Deployed(ns, env) => {
+                self.read.covers(ns) || self.deployed[env as usize].covers(ns)
+            }
+            // Sessions only read.
+            Need::Everywhere(_) | Need::Somewhere(_) | Need::In(..) => false,
+        }
+    }
+
+    /// Whether prompts of `namespace` may be read (to filter lists).
+    pub fn reads(&self, namespace: &str) -> bool {
+        self.read.covers(namespace)
+    }
+}
+
+/// A read session.
+#[derive(Debug)]
+pub struct Session {
+    pub actor: String,
+    pub roles: Vec<String>,
+    pub expires_at_ms: u64,
+    pub access: ReadAccess,
+    /// The view's `authz_epoch` the access was resolved at.
+    epoch: u64,
 }
 
 /// Open sessions, and the nonces of the `open_session` statements that opened them (which are
 /// not in the log, so replay protection for them lives here).
 #[derive(Default)]
 pub struct Sessions {
-    tokens: RwLock<HashMap<String, Session>>,
+    tokens: RwLock<HashMap<String, Arc<Session>>>,
     nonces: Mutex<HashMap<(String, String), u64>>,
 }
 
@@ -194,7 +277,7 @@ impl Sessions {
         sub: &Submission,
         now_ms: u64,
         config: &AuthConfig,
-    ) -> Result<(String, Session), ApiError> {
+    ) -> Result<(String, Arc<Session>), ApiError> {
         let st = &sub.statement;
         {
             let mut nonces = self.nonces.lock().expect("nonce lock");
@@ -217,11 +300,13 @@ impl Sessions {
         let mut raw = [0u8; 32];
         OsRng.fill_bytes(&mut raw);
         let token = hex::encode(raw);
-        let session = Session {
+        let session = Arc::new(Session {
             actor: actor.name.clone(),
-            roles: actor.roles.clone(),
+            roles: actor.roles.iter().cloned().collect(),
             expires_at_ms: now_ms + config.session_ttl_ms,
-        };
+            access: ReadAccess::resolve(view, &actor.name),
+            epoch: view.authz_epoch,
+        });
         let mut tokens = self.tokens.write().expect("session lock");
         tokens.retain(|_, s| s.expires_at_ms > now_ms);
         tokens.insert(token.clone(), session.clone());
@@ -229,14 +314,14 @@ impl Sessions {
     }
 
     /// The session of a request's `authorization: Bearer <token>` metadata, if valid now and
-    /// its actor is not revoked, with `permission`.
+    /// its actor is not revoked, and if its access meets `need`.
     pub fn check<T>(
         &self,
         request: &tonic::Request<T>,
         view: &View,
-        permission: Permission,
+        need: Need<'_>,
         now_ms: u64,
-    ) -> Result<Session, ApiError> {
+    ) -> Result<Arc<Session>, ApiError> {
         let header = request.metadata().get("authorization").ok_or_else(|| {
             ApiError::Unauthenticated("missing authorization: Bearer <session token>".into())
         })?;
@@ -247,7 +332,7 @@ impl Sessions {
             .ok_or_else(|| {
                 ApiError::Unauthenticated("authorization must be Bearer <session token>".into())
             })?;
-        let session = self
+        let mut session = self
             .tokens
             .read()
             .expect("session lock")
@@ -259,23 +344,45 @@ impl Sessions {
                     "session token unknown or expired: open a new session".into(),
                 )
             })?;
-        if view
+        let Some(actor) = view
             .actors
             .get(&session.actor)
-            .is_none_or(|a| a.revoked_seq.is_some())
-        {
+            .filter(|a| a.revoked_seq.is_none())
+        else {
             return Err(ApiError::Unauthenticated(format!(
                 "actor {} is revoked",
                 session.actor
             )));
+        };
+        if session.epoch != view.authz_epoch {
+            // Roles or policy changed since the session resolved its access.
+            let fresh = Arc::new(Session {
+                actor: session.actor.clone(),
+                roles: actor.roles.iter().cloned().collect(),
+                expires_at_ms: session.expires_at_ms,
+                access: ReadAccess::resolve(view, &session.actor),
+                epoch: view.authz_epoch,
+            });
+            let mut tokens = self.tokens.write().expect("session lock");
+            if let Some(slot) = tokens.get_mut(token) {
+                *slot = fresh.clone();
+            }
+            session = fresh;
         }
-        if !session.may(permission) {
-            let roles: Vec<&str> = permission.roles().iter().map(|r| r.as_str()).collect();
+        if !session.access.allows(need) {
+            let (act, place) = match need {
+                Need::Everywhere(act) => (act.as_str(), "in every namespace".to_owned()),
+                Need::Somewhere(act) => (act.as_str(), "in any namespace".to_owned()),
+                Need::In(act, ns) => (act.as_str(), format!("in namespace {ns}")),
+                Need::Deployed(ns, env) => (
+                    "read_deployed",
+                    format!("in namespace {ns}, environment {env}"),
+                ),
+            };
             return Err(ApiError::PermissionDenied(format!(
-                "actor {} may not {}: needs one of the roles {}",
+                "actor {} may not {act} {place}: its roles ({}) do not allow it under the policy in force",
                 session.actor,
-                permission.as_str(),
-                roles.join(", ")
+                session.roles.join(", ")
             )));
         }
         Ok(session)

@@ -2,16 +2,17 @@
 //! consistency proofs are public (they reveal only hashes); entries need a session that may read
 //! everything.
 
+use super::auth::Need;
 use super::auth::Sessions;
 use super::registry::Clock;
 use super::status::ApiError;
 use crate::ledger::checkpoint::Checkpoint;
 use crate::ledger::keys::PublicKey;
 use crate::ledger::merkle;
+use crate::policy::Act;
 use crate::proto::ledger::v1 as pb;
 use crate::proto::ledger::v1::ledger_service_server::LedgerService;
 use crate::publish::PublishStatus;
-use crate::registry::model::Permission;
 use crate::registry::personality::ViewCell;
 use crate::storage::Store;
 use std::sync::Arc;
@@ -86,7 +87,7 @@ impl LedgerService for LedgerApi {
         self.sessions.check(
             &request,
             &self.view.load(),
-            Permission::ReadAll,
+            Need::Everywhere(Act::Read),
             (self.clock)(),
         )?;
         let r = request.into_inner();

@@ -11,6 +11,7 @@ pub mod registry;
 pub mod status;
 
 use crate::node::{self, DataDir, NodeError};
+use crate::policy::PolicyFiles;
 use crate::proto::ledger::v1::ledger_service_server::LedgerServiceServer;
 use crate::proto::registry::v1::registry_service_server::RegistryServiceServer;
 use crate::publish::{NatsConfig, PublishStatus};
@@ -45,6 +46,10 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Publishing to NATS JetStream (`[nats]` table); off without `nats.url`.
     pub nats: NatsConfig,
+    /// Directory with model.conf, policy.csv and gates.toml recorded by the `init` of the first
+    /// start; without it, the defaults shipped in `policies/`. Ignored once the ledger exists
+    /// (change the policy with a signed `set_policy` statement).
+    pub policy_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -60,6 +65,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             nats: NatsConfig::default(),
+            policy_dir: None,
         }
     }
 }
@@ -123,10 +129,16 @@ pub async fn serve_with_clock(
     let dir = DataDir::new(&config.data_dir);
     if !dir.is_initialized() {
         let (init_dir, now) = (dir.clone(), clock());
+        let policy = match &config.policy_dir {
+            Some(p) => PolicyFiles::read_dir(p)
+                .map_err(|e| ServeError::Config(format!("policy_dir: {e}")))?,
+            None => PolicyFiles::builtin(),
+        };
         // `init` runs its own short-lived writer and blocks on it: keep it off the runtime.
-        let report = tokio::task::spawn_blocking(move || node::init(&init_dir, now))
-            .await
-            .map_err(|e| ServeError::Config(format!("init task: {e}")))??;
+        let report =
+            tokio::task::spawn_blocking(move || node::init_with_policy(&init_dir, now, policy))
+                .await
+                .map_err(|e| ServeError::Config(format!("init task: {e}")))??;
         tracing::info!(
             ledger_id = %report.ledger_id,
             admin_key = %report.admin_key_path.display(),

@@ -1,14 +1,16 @@
 //! `promptledger.registry.v1.RegistryService`: proto in, domain through the checks of
 //! [`super::auth`], out through [`super::status`]. Handlers see only domain types after the edge.
 
-use super::auth::{verify_statement, AuthConfig, Sessions};
+use super::auth::{verify_statement, AuthConfig, Need, Sessions};
 use super::status::ApiError;
 use crate::ledger::merkle;
+use crate::policy::{namespace_of, Act};
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_service_server::RegistryService;
-use crate::registry::model::{Environment, Permission};
-use crate::registry::personality::{Registry, ViewCell};
-use crate::registry::state::{Prompt, Rejection, Version};
+use crate::registry::governance::{self, Decision};
+use crate::registry::model::Environment;
+use crate::registry::personality::{Registry, View, ViewCell};
+use crate::registry::state::{Deployment, Prompt, Rejection, Version};
 use crate::registry::statement::Statement;
 use crate::sigbatch::SignatureBatcher;
 use crate::storage::writer::{AppendError, Appender};
@@ -103,10 +105,108 @@ fn summary(p: &Prompt) -> pb::PromptSummary {
     }
 }
 
-fn prompt_of<'a>(
-    view: &'a crate::registry::personality::View,
-    name: &str,
-) -> Result<&'a Arc<Prompt>, ApiError> {
+fn decision_pb(d: &Decision) -> pb::Decision {
+    pb::Decision {
+        policy_version: d.policy_version.clone(),
+        policy_sequence: d.policy_seq,
+        gates: d
+            .gates
+            .iter()
+            .map(|g| pb::GateResult {
+                gate: g.gate.clone(),
+                passed: g.passed,
+                evidence: g.evidence.clone(),
+                detail: g.detail.clone(),
+            })
+            .collect(),
+        break_glass_reason: d.break_glass.clone().unwrap_or_default(),
+    }
+}
+
+fn deployment_pb(prompt: &str, d: &Deployment) -> pb::Deployment {
+    pb::Deployment {
+        prompt: prompt.to_owned(),
+        environment: d.environment.as_str().to_owned(),
+        version: d.version,
+        splits: governance::splits_of(d)
+            .iter()
+            .map(|s| pb::Split {
+                version: s.version,
+                weight: s.weight,
+            })
+            .collect(),
+        sequence: d.seq,
+        timestamp_ms: d.timestamp_ms,
+        actor: d.by.clone(),
+        rollback: d.rollback,
+        break_glass: d.break_glass,
+        reason: d.reason.clone().unwrap_or_default(),
+        decision: d.decision.as_ref().map(decision_pb),
+    }
+}
+
+fn environment(field: &str, value: &str) -> Result<Environment, ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::invalid(
+            field.to_owned(),
+            "one of dev, staging, production",
+        ));
+    }
+    value
+        .parse()
+        .map_err(|e: String| ApiError::invalid(field.to_owned(), e))
+}
+
+/// One line describing an evidence event.
+fn evidence_pb(p: &Prompt, seq: u64) -> Option<pb::EvidenceEvent> {
+    let i = p.history.binary_search_by_key(&seq, |h| h.seq).ok()?;
+    let h = &p.history[i];
+    let summary = if let Some(a) = p.approvals.iter().find(|a| a.seq == seq) {
+        let revoked = a
+            .revoked_seq
+            .map(|r| format!(" (revoked at {r})"))
+            .unwrap_or_default();
+        format!(
+            "approved version {} ({}) for {}{revoked}",
+            a.version, a.content_hash, a.environment
+        )
+    } else if let Some(e) = p.evaluations.iter().rev().find(|e| e.seq == seq) {
+        format!(
+            "{} of version {} ({}): score {} threshold {} {} by {}; evidence {} {}",
+            e.suite,
+            e.version,
+            e.content_hash,
+            e.score,
+            e.threshold,
+            if e.passed { "passed" } else { "failed" },
+            e.evaluator,
+            e.evidence_digest,
+            e.evidence_uri
+        )
+    } else if let Some(d) = p.deployment_history.iter().rev().find(|d| d.seq == seq) {
+        let weights: Vec<String> = governance::splits_of(d)
+            .iter()
+            .map(|s| format!("v{} {}%", s.version, s.weight))
+            .collect();
+        format!(
+            "{} live in {}: {}",
+            h.kind,
+            d.environment,
+            weights.join(", ")
+        )
+    } else {
+        h.kind.clone()
+    };
+    Some(pb::EvidenceEvent {
+        sequence: seq,
+        kind: h.kind.clone(),
+        actor: h.actor.clone(),
+        timestamp_ms: h.timestamp_ms,
+        summary,
+    })
+}
+
+fn prompt_of<'a>(view: &'a View, name: &str) -> Result<&'a Arc<Prompt>, ApiError> {
     if name.is_empty() {
         return Err(ApiError::invalid("prompt", "a prompt name"));
     }
@@ -164,6 +264,31 @@ impl RegistryApi {
         Ok((receipt, statement))
     }
 
+    /// A deployment write: the receipt and the deployment it made, with its decision.
+    async fn deploy(
+        &self,
+        signed: Option<pb::SignedStatement>,
+        kind: &str,
+    ) -> Result<(pb::Receipt, pb::Deployment), ApiError> {
+        let (receipt, statement) = self.write_statement(signed, kind).await?;
+        // The view was swapped before the writer answered, so the deployment is in it.
+        let name = statement.action.prompt().unwrap_or_default();
+        let deployment = self
+            .view
+            .load()
+            .prompts
+            .get(name)
+            .and_then(|p| {
+                p.deployment_history
+                    .iter()
+                    .rev()
+                    .find(|d| d.seq == receipt.sequence)
+                    .map(|d| deployment_pb(name, d))
+            })
+            .ok_or_else(|| ApiError::internal("deployment missing from the view"))?;
+        Ok((receipt, deployment))
+    }
+
     fn duplicate_receipt(&self, seq: u64) -> Result<pb::Receipt, ApiError> {
         let entry = self
             .store
@@ -204,12 +329,8 @@ impl RegistryService for RegistryApi {
         let (token, session) = self.sessions.open(&view, &sub, now, &self.auth)?;
         Ok(Response::new(pb::CreateSessionResponse {
             token,
-            actor: session.actor,
-            roles: session
-                .roles
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
+            actor: session.actor.clone(),
+            roles: session.roles.clone(),
             expires_at_ms: session.expires_at_ms,
         }))
     }
@@ -302,11 +423,12 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::PromoteVersionRequest>,
     ) -> Result<Response<pb::PromoteVersionResponse>, Status> {
-        let receipt = self
-            .write(request.into_inner().statement, "promote_version")
+        let (receipt, deployment) = self
+            .deploy(request.into_inner().statement, "promote_version")
             .await?;
         Ok(Response::new(pb::PromoteVersionResponse {
             receipt: Some(receipt),
+            deployment: Some(deployment),
         }))
     }
 
@@ -314,11 +436,62 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::RollbackPromptRequest>,
     ) -> Result<Response<pb::RollbackPromptResponse>, Status> {
-        let receipt = self
-            .write(request.into_inner().statement, "rollback_prompt")
+        let (receipt, deployment) = self
+            .deploy(request.into_inner().statement, "rollback_prompt")
             .await?;
         Ok(Response::new(pb::RollbackPromptResponse {
             receipt: Some(receipt),
+            deployment: Some(deployment),
+        }))
+    }
+
+    async fn break_glass_promote(
+        &self,
+        request: Request<pb::BreakGlassPromoteRequest>,
+    ) -> Result<Response<pb::BreakGlassPromoteResponse>, Status> {
+        let (receipt, deployment) = self
+            .deploy(request.into_inner().statement, "break_glass_promote")
+            .await?;
+        tracing::warn!(
+            prompt = %deployment.prompt,
+            environment = %deployment.environment,
+            version = deployment.version,
+            actor = %deployment.actor,
+            reason = %deployment.reason,
+            "break-glass promotion"
+        );
+        Ok(Response::new(pb::BreakGlassPromoteResponse {
+            receipt: Some(receipt),
+            deployment: Some(deployment),
+        }))
+    }
+
+    async fn set_actor_roles(
+        &self,
+        request: Request<pb::SetActorRolesRequest>,
+    ) -> Result<Response<pb::SetActorRolesResponse>, Status> {
+        let receipt = self
+            .write(request.into_inner().statement, "set_actor_roles")
+            .await?;
+        Ok(Response::new(pb::SetActorRolesResponse {
+            receipt: Some(receipt),
+        }))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        let (receipt, statement) = self
+            .write_statement(request.into_inner().statement, "set_policy")
+            .await?;
+        let policy_version = match &statement.action {
+            crate::registry::statement::Action::SetPolicy { files } => files.version(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::SetPolicyResponse {
+            receipt: Some(receipt),
+            policy_version,
         }))
     }
 
@@ -370,44 +543,64 @@ impl RegistryService for RegistryApi {
             )
             .into());
         }
-        // Services may only read what is deployed; exact versions are for people and auditors.
-        let permission = if request.get_ref().environment.is_empty() {
-            Permission::ReadAll
+        let r = request.get_ref();
+        let ns = namespace_of(&r.prompt);
+        let env = if r.environment.is_empty() {
+            None
         } else {
-            Permission::ReadDeployed
+            Some(environment("environment", &r.environment)?)
         };
-        self.sessions.check(&request, &view, permission, now)?;
+        // Services may only read what is deployed; exact versions are for people and auditors.
+        let need = match env {
+            Some(env) => Need::Deployed(ns, env),
+            None => Need::In(Act::Read, ns),
+        };
+        self.sessions.check(&request, &view, need, now)?;
         let r = request.into_inner();
         let prompt = prompt_of(&view, &r.prompt)?;
-        let (version, environment, deployment_sequence) = if !r.environment.is_empty() {
-            let env: Environment = r
-                .environment
-                .parse()
-                .map_err(|e: String| ApiError::invalid("environment", e))?;
-            let d = prompt.deployments.get(&env).ok_or_else(|| {
-                ApiError::NotFound(format!("prompt {} has no version live in {env}", r.prompt))
-            })?;
-            let v = prompt
-                .version(d.version)
-                .ok_or_else(|| ApiError::internal("deployed version missing"))?;
-            (v, env.as_str().to_owned(), d.seq)
-        } else if r.version != 0 {
-            let v = prompt.version(r.version).ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "prompt {} version {} not found",
-                    r.prompt, r.version
-                ))
-            })?;
-            (v, String::new(), 0)
-        } else {
-            let v = prompt.version_by_hash(&r.content_hash).ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "prompt {} has no version {}",
-                    r.prompt, r.content_hash
-                ))
-            })?;
-            (v, String::new(), 0)
-        };
+        let (version, environment, deployment_sequence, weight, break_glass) =
+            if let Some(env) = env {
+                let d = prompt.deployments.get(&env).ok_or_else(|| {
+                    ApiError::NotFound(format!("prompt {} has no version live in {env}", r.prompt))
+                })?;
+                let (number, weight) = if d.splits.is_empty() {
+                    (d.version, 100)
+                } else if r.routing_key.is_empty() {
+                    // No key: the version with the largest weight (the first of equals).
+                    let top = d.splits.iter().fold(d.splits[0], |best, s| {
+                        if s.weight > best.weight {
+                            *s
+                        } else {
+                            best
+                        }
+                    });
+                    (top.version, top.weight)
+                } else {
+                    let pick = governance::route(&r.prompt, &r.routing_key, &d.splits)
+                        .ok_or_else(|| ApiError::internal("rollout without weights"))?;
+                    (pick.version, pick.weight)
+                };
+                let v = prompt
+                    .version(number)
+                    .ok_or_else(|| ApiError::internal("deployed version missing"))?;
+                (v, env.as_str().to_owned(), d.seq, weight, d.break_glass)
+            } else if r.version != 0 {
+                let v = prompt.version(r.version).ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "prompt {} version {} not found",
+                        r.prompt, r.version
+                    ))
+                })?;
+                (v, String::new(), 0, 0, false)
+            } else {
+                let v = prompt.version_by_hash(&r.content_hash).ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "prompt {} has no version {}",
+                        r.prompt, r.content_hash
+                    ))
+                })?;
+                (v, String::new(), 0, 0, false)
+            };
         Ok(Response::new(pb::GetPromptResponse {
             template: version.template.clone(),
             model: version.model.clone(),
@@ -419,6 +612,8 @@ impl RegistryService for RegistryApi {
                 content_hash: version.content_hash.clone(),
                 deployment_sequence,
                 environment,
+                weight,
+                break_glass,
             }),
         }))
     }
@@ -428,10 +623,20 @@ impl RegistryService for RegistryApi {
         request: Request<pb::ListPromptsRequest>,
     ) -> Result<Response<pb::ListPromptsResponse>, Status> {
         let view = self.view.load();
-        self.sessions
-            .check(&request, &view, Permission::ReadAll, self.now())?;
+        let session =
+            self.sessions
+                .check(&request, &view, Need::Somewhere(Act::Read), self.now())?;
         let r = request.into_inner();
-        let (items, next_page_token) = page(view.prompts.values(), r.page_size, &r.page_token)?;
+        let (items, next_page_token) = if session.access.reads("*") {
+            page(view.prompts.values(), r.page_size, &r.page_token)?
+        } else {
+            let readable: Vec<_> = view
+                .prompts
+                .values()
+                .filter(|p| session.access.reads(namespace_of(&p.name)))
+                .collect();
+            page(readable.into_iter(), r.page_size, &r.page_token)?
+        };
         Ok(Response::new(pb::ListPromptsResponse {
             prompts: items.iter().map(|p| summary(p)).collect(),
             next_page_token,
@@ -443,8 +648,8 @@ impl RegistryService for RegistryApi {
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let view = self.view.load();
-        self.sessions
-            .check(&request, &view, Permission::ReadAll, self.now())?;
+        let need = Need::In(Act::Read, namespace_of(&request.get_ref().prompt));
+        self.sessions.check(&request, &view, need, self.now())?;
         let r = request.into_inner();
         let prompt = prompt_of(&view, &r.prompt)?;
         let (items, next_page_token) = page(prompt.versions.iter(), r.page_size, &r.page_token)?;
@@ -459,8 +664,8 @@ impl RegistryService for RegistryApi {
         request: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
         let view = self.view.load();
-        self.sessions
-            .check(&request, &view, Permission::ReadAll, self.now())?;
+        let need = Need::In(Act::Read, namespace_of(&request.get_ref().prompt));
+        self.sessions.check(&request, &view, need, self.now())?;
         let r = request.into_inner();
         let prompt = prompt_of(&view, &r.prompt)?;
         if r.version == 0 {
@@ -482,8 +687,8 @@ impl RegistryService for RegistryApi {
         request: Request<pb::ListPromptHistoryRequest>,
     ) -> Result<Response<pb::ListPromptHistoryResponse>, Status> {
         let view = self.view.load();
-        self.sessions
-            .check(&request, &view, Permission::ReadAll, self.now())?;
+        let need = Need::In(Act::Read, namespace_of(&request.get_ref().prompt));
+        self.sessions.check(&request, &view, need, self.now())?;
         let r = request.into_inner();
         let prompt = prompt_of(&view, &r.prompt)?;
         let (items, next_page_token) = page(prompt.history.iter(), r.page_size, &r.page_token)?;
@@ -500,9 +705,147 @@ impl RegistryService for RegistryApi {
                         .environment
                         .map(|e| e.as_str().to_owned())
                         .unwrap_or_default(),
+                    break_glass: h.break_glass,
                 })
                 .collect(),
             next_page_token,
+        }))
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::GetDeploymentResponse>, Status> {
+        let view = self.view.load();
+        let need = Need::In(Act::Read, namespace_of(&request.get_ref().prompt));
+        self.sessions.check(&request, &view, need, self.now())?;
+        let r = request.into_inner();
+        let prompt = prompt_of(&view, &r.prompt)?;
+        let env = environment("environment", &r.environment)?;
+        if r.at_sequence != 0 && r.at_time_ms != 0 {
+            return Err(
+                ApiError::invalid("at_sequence", "at most one of at_sequence, at_time_ms").into(),
+            );
+        }
+        let (at_seq, at_time, when) = match (r.at_sequence, r.at_time_ms) {
+            (0, 0) => (u64::MAX, u64::MAX, "now".to_owned()),
+            (seq, 0) => (seq, u64::MAX, format!("at sequence {seq}")),
+            (_, t) => (u64::MAX, t, format!("at time {t} ms")),
+        };
+        let d = prompt
+            .deployment_history
+            .iter()
+            .rev()
+            .find(|d| d.environment == env && d.seq <= at_seq && d.timestamp_ms <= at_time)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("nothing of {} was live in {env} {when}", r.prompt))
+            })?;
+        Ok(Response::new(pb::GetDeploymentResponse {
+            deployment: Some(deployment_pb(&r.prompt, d)),
+        }))
+    }
+
+    async fn explain_deployment(
+        &self,
+        request: Request<pb::ExplainDeploymentRequest>,
+    ) -> Result<Response<pb::ExplainDeploymentResponse>, Status> {
+        let view = self.view.load();
+        let need = Need::In(Act::Read, namespace_of(&request.get_ref().prompt));
+        self.sessions.check(&request, &view, need, self.now())?;
+        let r = request.into_inner();
+        let prompt = prompt_of(&view, &r.prompt)?;
+        let d = prompt
+            .deployment_history
+            .iter()
+            .rev()
+            .find(|d| d.seq == r.sequence)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no promotion or rollback of {} at sequence {}",
+                    r.prompt, r.sequence
+                ))
+            })?;
+        let mut seqs: Vec<u64> = d
+            .decision
+            .iter()
+            .flat_map(|dec| dec.gates.iter().flat_map(|g| g.evidence.iter().copied()))
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        Ok(Response::new(pb::ExplainDeploymentResponse {
+            deployment: Some(deployment_pb(&r.prompt, d)),
+            evidence: seqs
+                .into_iter()
+                .filter_map(|s| evidence_pb(prompt, s))
+                .collect(),
+        }))
+    }
+
+    async fn list_role_assignments(
+        &self,
+        request: Request<pb::ListRoleAssignmentsRequest>,
+    ) -> Result<Response<pb::ListRoleAssignmentsResponse>, Status> {
+        let view = self.view.load();
+        self.sessions
+            .check(&request, &view, Need::Everywhere(Act::Read), self.now())?;
+        let r = request.into_inner();
+        let at = if r.at_sequence == 0 {
+            view.head.saturating_sub(1)
+        } else {
+            r.at_sequence
+        };
+        let assignments: Vec<pb::RoleAssignment> = view
+            .actors
+            .values()
+            .filter(|a| r.actor.is_empty() || a.name == r.actor)
+            .filter(|a| a.registered_seq <= at)
+            .map(|a| pb::RoleAssignment {
+                actor: a.name.clone(),
+                roles: a.roles_at(at).into_iter().collect(),
+                revoked: a.revoked_seq.is_some_and(|s| s <= at),
+            })
+            .collect();
+        if !r.actor.is_empty() && assignments.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "actor {} was not registered at sequence {at}",
+                r.actor
+            ))
+            .into());
+        }
+        let (assignments, next_page_token) =
+            page(assignments.into_iter(), r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListRoleAssignmentsResponse {
+            assignments,
+            at_sequence: at,
+            next_page_token,
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        let view = self.view.load();
+        self.sessions
+            .check(&request, &view, Need::Everywhere(Act::Read), self.now())?;
+        let at = match request.get_ref().at_sequence {
+            0 => u64::MAX,
+            n => n,
+        };
+        let record = view
+            .policy_history
+            .iter()
+            .rev()
+            .find(|p| p.seq <= at)
+            .ok_or_else(|| ApiError::NotFound("no policy was in force then".into()))?;
+        Ok(Response::new(pb::GetPolicyResponse {
+            policy_version: record.version.clone(),
+            sequence: record.seq,
+            set_by: record.by.clone(),
+            timestamp_ms: record.timestamp_ms,
+            model_conf: record.files.model.clone(),
+            policy_csv: record.files.policy.clone(),
+            gates_toml: record.files.gates.clone(),
         }))
     }
 }

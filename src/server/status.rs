@@ -58,12 +58,15 @@ impl ApiError {
                 Rejection::NonceReused { .. } => Code::AlreadyExists,
                 // Answered as success by the handlers; reaching here would be a bug.
                 Rejection::Duplicate { .. } => Code::AlreadyExists,
-                Rejection::PermissionDenied { .. } => Code::PermissionDenied,
+                Rejection::PermissionDenied(_) => Code::PermissionDenied,
                 Rejection::InvalidArgument { .. } => Code::InvalidArgument,
                 Rejection::NotFound { .. } => Code::NotFound,
                 Rejection::AlreadyExists { .. } => Code::AlreadyExists,
                 Rejection::StaleParent { .. } => Code::Aborted,
                 Rejection::FailedPrecondition { .. } => Code::FailedPrecondition,
+                Rejection::NoPolicy => Code::FailedPrecondition,
+                Rejection::GateFailed(_) => Code::FailedPrecondition,
+                Rejection::Conflict { .. } => Code::Aborted,
                 Rejection::NotAppendable { .. } => Code::InvalidArgument,
             },
         }
