@@ -30,6 +30,8 @@ enum Which {
     Grpc(super::bench_grpc::GrpcArgs),
     /// Publishing to NATS JetStream: write cost, publish rate, catch-up after an outage.
     Nats(super::bench_nats::NatsArgs),
+    /// Policy evaluation: Casbin enforce latency, gate-checked promotions/s vs plain writes.
+    Governance(super::bench_governance::GovernanceArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -37,6 +39,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Which::Ledger(a) => ledger(a),
         Which::Grpc(a) => super::bench_grpc::run(a),
         Which::Nats(a) => super::bench_nats::run(a),
+        Which::Governance(a) => super::bench_governance::run(a),
     }
 }
 

@@ -48,19 +48,19 @@ impl echo::echo_service_server::EchoService for EchoImpl {
     }
 }
 
-struct Outcome {
-    name: &'static str,
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
+pub(super) struct Outcome {
+    pub(super) name: &'static str,
+    pub(super) requests: usize,
+    pub(super) errors: usize,
+    pub(super) elapsed: Duration,
+    pub(super) latencies_us: Vec<u32>,
 }
 
 impl Outcome {
-    fn rps(&self) -> f64 {
+    pub(super) fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
-    fn pct(&self, p: f64) -> f64 {
+    pub(super) fn pct(&self, p: f64) -> f64 {
         let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         self.latencies_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
     }
@@ -68,7 +68,12 @@ impl Outcome {
 
 /// Runs `streams` loops of `call` for `seconds` (or until a loop's `call` returns `None`: out
 /// of pre-signed work), collecting latencies.
-async fn drive<F, Fut>(name: &'static str, streams: usize, seconds: u64, call: F) -> Outcome
+pub(super) async fn drive<F, Fut>(
+    name: &'static str,
+    streams: usize,
+    seconds: u64,
+    call: F,
+) -> Outcome
 where
     F: Fn(usize, usize) -> Option<Fut> + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = bool> + Send,
@@ -110,7 +115,7 @@ where
     }
 }
 
-async fn channels(addr: std::net::SocketAddr, n: usize) -> Result<Vec<Channel>> {
+pub(super) async fn channels(addr: std::net::SocketAddr, n: usize) -> Result<Vec<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(
@@ -346,7 +351,7 @@ async fn bench(args: GrpcArgs) -> Result<()> {
     Ok(())
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf> {
+pub(super) fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("promptledger-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

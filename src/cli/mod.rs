@@ -2,6 +2,7 @@
 //! I/O or storage error.
 
 pub mod bench;
+mod bench_governance;
 mod bench_grpc;
 mod bench_nats;
 pub mod tail;

@@ -57,6 +57,15 @@ pub fn splits_of(d: &Deployment) -> Vec<Split> {
     }
 }
 
+/// Whether `d` routes any traffic to `version`.
+pub fn routes_to(d: &Deployment, version: u64) -> bool {
+    if d.splits.is_empty() {
+        d.version == version
+    } else {
+        d.splits.iter().any(|s| s.version == version)
+    }
+}
+
 /// Stretches during which `version` was live (at any weight) in `env`: (start seq, start time,
 /// end time or `now`).
 fn live_stretches(
@@ -67,12 +76,8 @@ fn live_stretches(
 ) -> Vec<(Seq, u64, u64)> {
     let mut out = vec![];
     let mut open: Option<(Seq, u64)> = None;
-    for d in prompt
-        .deployment_history
-        .iter()
-        .filter(|d| d.environment == env)
-    {
-        let includes = splits_of(d).iter().any(|s| s.version == version);
+    for d in prompt.deployments_in(env).iter() {
+        let includes = routes_to(d, version);
         match (open, includes) {
             (None, true) => open = Some((d.seq, d.timestamp_ms)),
             (Some((seq, start)), false) => {
@@ -110,7 +115,8 @@ pub fn evaluate(
         gates.push(GateResult {
             gate: "previous_environment".into(),
             passed: !stretches.is_empty(),
-            evidence: stretches.iter().map(|s| s.0).collect(),
+            // The deployment that began the latest stretch.
+            evidence: stretches.last().map(|s| s.0).into_iter().collect(),
             detail: if stretches.is_empty() {
                 format!("version {} was never live in {prev}", version.number)
             } else {
@@ -225,11 +231,14 @@ pub fn rollback(
     version: u64,
     env: Environment,
 ) -> Decision {
+    // The latest deployment there that routed to it.
     let earlier: Vec<Seq> = prompt
-        .deployment_history
+        .deployments_in(env)
         .iter()
-        .filter(|d| d.environment == env && splits_of(d).iter().any(|s| s.version == version))
+        .rev()
+        .find(|d| routes_to(d, version))
         .map(|d| d.seq)
+        .into_iter()
         .collect();
     Decision {
         policy_version: policy.version().to_owned(),

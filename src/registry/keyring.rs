@@ -97,10 +97,11 @@ impl Keyring for RegistryKeyring {
             statement: &statement,
             payload_hash: Sha256::digest(&entry.envelope.payload).into(),
         };
-        self.state
+        let verdict = self
+            .state
             .decide(&ev)
             .map_err(|r| format!("the registry would refuse it: {r}"))?;
-        self.state.apply(&ev);
+        self.state.apply_decided(&ev, Some(verdict));
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! publishes a fresh read view after each durable commit.
 
 use super::model::Environment;
-use super::state::{Actor, Event, KeyEntry, PolicyRecord, Prompt, Rejection, Row, State};
+use super::state::{Actor, Event, KeyEntry, PolicyRecord, Prompt, Rejection, Row, State, Verdict};
 use super::statement::Statement;
 use crate::ledger::dsse::Envelope;
 use crate::ledger::entry::{Entry, Seq};
@@ -90,6 +90,7 @@ struct Decided {
     statement: Statement,
     signer: String,
     payload_hash: Hash,
+    verdict: Verdict,
 }
 
 pub struct Registry {
@@ -171,7 +172,7 @@ impl Personality for Registry {
             statement: &sub.statement,
             payload_hash: sub.payload_hash,
         };
-        self.state.decide(&ev)?;
+        let verdict = self.state.decide(&ev)?;
         // The envelope moves on to the writer; the parsed statement waits for `apply`.
         let Submission {
             envelope,
@@ -183,6 +184,7 @@ impl Personality for Registry {
             statement,
             signer,
             payload_hash,
+            verdict,
         });
         Ok((envelope, ()))
     }
@@ -199,7 +201,7 @@ impl Personality for Registry {
             statement: &sub.statement,
             payload_hash: sub.payload_hash,
         };
-        for row in self.state.apply(&ev) {
+        for row in self.state.apply_decided(&ev, Some(sub.verdict)) {
             let json = self.state.row_json(&row).expect("a changed row exists");
             batch.put(cf::STATE, row.encode(), json);
         }

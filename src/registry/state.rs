@@ -32,6 +32,13 @@ pub struct Event<'a> {
     pub payload_hash: Hash,
 }
 
+/// What [`State::decide`] found, for [`State::apply_decided`].
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    seq: Seq,
+    decision: Option<Decision>,
+}
+
 /// Why a statement may not be appended. Each variant maps to one gRPC status in the API layer.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Rejection {
@@ -266,7 +273,9 @@ pub struct Prompt {
     pub description: String,
     pub created_by: String,
     pub created_seq: Seq,
-    /// What is live now, per environment.
+    /// Derived: what is live now, per environment (the last deployment made there; its row
+    /// holds it, so the header stays small).
+    #[serde(skip)]
     pub deployments: BTreeMap<Environment, Deployment>,
     #[serde(skip)]
     pub versions: Vector<Arc<Version>>,
@@ -279,6 +288,10 @@ pub struct Prompt {
     pub approvals: Vec<Approval>,
     #[serde(skip)]
     pub history: Vector<Arc<HistoryItem>>,
+    /// Derived: `deployment_history` per environment, in [`Environment::ALL`] order, so gates
+    /// read one environment's past without walking the others'.
+    #[serde(skip)]
+    by_environment: [Vector<Arc<Deployment>>; 3],
     /// Running hashes of the append-only lists, for the state root in O(1) per change.
     #[serde(skip)]
     chains: Chains,
@@ -350,7 +363,15 @@ impl Prompt {
 
     fn push_deployment(&mut self, d: Deployment) {
         extend_chain(&mut self.chains.deployments, &d);
-        self.deployment_history.push_back(Arc::new(d));
+        self.deployments.insert(d.environment, d.clone());
+        let d = Arc::new(d);
+        self.by_environment[d.environment as usize].push_back(d.clone());
+        self.deployment_history.push_back(d);
+    }
+
+    /// Every deployment made in `env`, oldest first.
+    pub fn deployments_in(&self, env: Environment) -> &Vector<Arc<Deployment>> {
+        &self.by_environment[env as usize]
     }
 
     fn push_evaluation(&mut self, e: Evaluation) {
@@ -701,7 +722,17 @@ impl State {
     }
 
     /// Decides whether `ev` may be appended now. Never changes the state.
-    pub fn decide(&self, ev: &Event<'_>) -> Result<(), Rejection> {
+    pub fn decide(&self, ev: &Event<'_>) -> Result<Verdict, Rejection> {
+        let mut decision = None;
+        self.check(ev, &mut decision)?;
+        Ok(Verdict {
+            seq: ev.seq,
+            decision,
+        })
+    }
+
+    /// [`Self::decide`]; a promotion's gate decision is left in `decision_out`.
+    fn check(&self, ev: &Event<'_>, decision_out: &mut Option<Decision>) -> Result<(), Rejection> {
         let st = ev.statement;
         if let Action::Genesis { .. } = st.action {
             return if ev.seq == 0 && self.actors.is_empty() {
@@ -978,6 +1009,7 @@ impl State {
                                 .unwrap_or_default(),
                         })));
                     }
+                    *decision_out = decision;
                 }
                 Ok(())
             }
@@ -995,12 +1027,10 @@ impl State {
                 }
                 check_expected(p, *environment, *expected_deployment)?;
                 let current = p.deployments.get(environment).map(governance::splits_of);
-                let was_live = p.deployment_history.iter().any(|d| {
-                    d.environment == *environment
-                        && governance::splits_of(d)
-                            .iter()
-                            .any(|s| s.version == *version)
-                });
+                let was_live = p
+                    .deployments_in(*environment)
+                    .iter()
+                    .any(|d| governance::routes_to(d, *version));
                 let whole = [Split {
                     version: *version,
                     weight: 100,
@@ -1118,6 +1148,13 @@ impl State {
     /// Applies an appended statement. Total: statements that `decide` would refuse change
     /// nothing but the nonce table. Returns the rows it changed.
     pub fn apply(&mut self, ev: &Event<'_>) -> Vec<Row> {
+        self.apply_decided(ev, None)
+    }
+
+    /// [`Self::apply`] with the verdict [`Self::decide`] just gave for `ev` against this same
+    /// state, so a promotion's gates are not evaluated twice.
+    pub fn apply_decided(&mut self, ev: &Event<'_>, verdict: Option<Verdict>) -> Vec<Row> {
+        let decided = verdict.filter(|v| v.seq == ev.seq).and_then(|v| v.decision);
         let st = ev.statement;
         let actor = st.actor.clone();
         self.nonces
@@ -1229,6 +1266,7 @@ impl State {
                         deployments: BTreeMap::new(),
                         versions: Vector::new(),
                         deployment_history: Vector::new(),
+                        by_environment: Default::default(),
                         evaluations: Vector::new(),
                         approvals: vec![],
                         history: Vector::new(),
@@ -1368,6 +1406,7 @@ impl State {
                 };
                 let break_glass = matches!(st.action, Action::BreakGlassPromote { .. });
                 let decision = match (self.prompts.get(prompt), &self.policy) {
+                    _ if decided.is_some() && !rollback && !break_glass => decided,
                     (Some(p), Some((policy, policy_seq))) if rollback => Some(
                         governance::rollback(policy, *policy_seq, p, *version, *environment),
                     ),
@@ -1392,8 +1431,7 @@ impl State {
                             reason,
                             decision,
                         };
-                        p.push_deployment(d.clone());
-                        p.deployments.insert(*environment, d);
+                        p.push_deployment(d);
                         vec![Row::Deployment(prompt.clone(), ev.seq)]
                     }),
                 );
