@@ -17,6 +17,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where the server is and whose key signs (client commands only).
+    #[command(flatten)]
+    client: cli::govern::ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +96,11 @@ enum Command {
     /// Benchmarks of the ledger core (see tools/bench-ledger.sh).
     #[command(hide = true)]
     Bench(cli::bench::BenchArgs),
+    /// Write a new Ed25519 key for an actor and print its verifier key (for `actor register`).
+    #[command(after_help = "Example:\n  promptledger keygen --name alice --out alice.key")]
+    Keygen(cli::govern::KeygenArgs),
+    #[command(flatten)]
+    Govern(cli::govern::GovernCommand),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +130,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve(args),
         Command::Rebuild { data_dir } => cli::rebuild(&data_dir),
         Command::Tail(args) => cli::tail::run(args),
+        Command::Keygen(args) => cli::govern::keygen(args),
+        Command::Govern(command) => cli::govern::run(cli.client, command),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,614 @@
+//! Client commands for governance and compliance: keys, actors and their roles, the policy,
+//! evaluations, approvals, promotions (with rollout weights), rollback, break-glass, and the
+//! questions compliance asks (what was live, why it was allowed, who held which role).
+//!
+//! Each signs its statement with the caller's key and talks to a running server. Exit codes:
+//! 0 done, 1 the server refused (the status and its reason are printed), 2 usage or I/O error.
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use promptledger::client::Client;
+use promptledger::keyfile;
+use promptledger::ledger::keys::KeyPair;
+use promptledger::policy::PolicyFiles;
+use promptledger::proto::registry::v1 as pb;
+use promptledger::registry::model::{Environment, Split};
+use promptledger::registry::statement::Action;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tonic::{Code, Status};
+
+/// Where the server is and who you are.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(
+        long,
+        env = "PROMPTLEDGER_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+    /// Your secret key file (`promptledger keygen` writes one). PROMPTLEDGER_KEY, holding the
+    /// key itself, takes precedence.
+    #[arg(long, env = "PROMPTLEDGER_KEY_FILE", global = true)]
+    key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> Result<Client> {
+        let key = keyfile::load_key(self.key.as_deref(), "PROMPTLEDGER_KEY")
+            .context("your key: pass --key FILE or set PROMPTLEDGER_KEY")?;
+        Client::connect(self.server.clone(), key)
+            .await
+            .map_err(|s| anyhow::anyhow!("connecting to {}: {}", self.server, s.message()))
+    }
+}
+
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// The actor name the key belongs to.
+    #[arg(long)]
+    name: String,
+    /// Where to write the secret key (mode 0600); refused if it exists.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Writes a new key and prints its verifier key (what an admin registers).
+pub fn keygen(args: KeygenArgs) -> Result<ExitCode> {
+    if args.out.exists() {
+        anyhow::bail!("{} exists; not overwriting a key", args.out.display());
+    }
+    let key =
+        KeyPair::generate(&args.name, &mut rand_core::OsRng).map_err(|e| anyhow::anyhow!("{e}"))?;
+    keyfile::write_key(&args.out, &key)?;
+    println!("{}", key.public().to_vkey());
+    eprintln!(
+        "secret key written to {}; give the line above to an admin to register {}",
+        args.out.display(),
+        args.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum ActorCommand {
+    /// Register an actor with its verifier key and role assignments (`role` or
+    /// `role@namespace`). Needs manage_actors.
+    Register {
+        name: String,
+        /// The actor's verifier key (`promptledger keygen` prints it).
+        #[arg(long)]
+        vkey: String,
+        /// A role assignment; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Replace an actor's role assignments. Needs manage_actors.
+    SetRoles {
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Who held which roles at a sequence number (default: now).
+    Roles {
+        #[arg(long)]
+        at: Option<u64>,
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// The policy in force at a sequence number (default: now): version, where it was set, and
+    /// its three files.
+    Show {
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Put the files of a directory (model.conf, policy.csv, gates.toml) in force. Needs
+    /// set_policy.
+    Set {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct Target {
+    /// The prompt.
+    prompt: String,
+    #[arg(long)]
+    version: u64,
+    /// dev, staging or production.
+    #[arg(long = "env")]
+    environment: Environment,
+}
+
+#[derive(Subcommand)]
+pub enum GovernCommand {
+    /// Manage actors and see who held which role.
+    #[command(subcommand)]
+    Actor(ActorCommand),
+    /// Show or change the promotion policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Record an evaluation result for a version's exact content hash (CI).
+    Evaluate {
+        prompt: String,
+        #[arg(long)]
+        version: u64,
+        #[arg(long)]
+        suite: String,
+        #[arg(long)]
+        score: f64,
+        #[arg(long)]
+        threshold: f64,
+        /// The suite passed (default: score >= threshold).
+        #[arg(long, conflicts_with = "failed")]
+        passed: bool,
+        /// The suite failed.
+        #[arg(long)]
+        failed: bool,
+        /// Who or what evaluated (default: your actor name).
+        #[arg(long)]
+        evaluator: Option<String>,
+        #[arg(long, default_value = "")]
+        evidence_digest: String,
+        #[arg(long, default_value = "")]
+        evidence_uri: String,
+    },
+    /// Approve a version (its exact content hash) for an environment.
+    Approve(Target),
+    /// Withdraw your approval.
+    RevokeApproval {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Promote a version past the environment's gates, alone or as a rollout step.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        /// Rollout weights as VERSION=PERCENT, summing to 100 (e.g. --weight 3=90 --weight
+        /// 4=10); the other versions must be live there now.
+        #[arg(long = "weight", value_parser = parse_split)]
+        weights: Vec<Split>,
+    },
+    /// Put back a version that was live in the environment before.
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Promote past the gates in an emergency (break_glass permission). Flagged everywhere.
+    BreakGlass {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "weight", value_parser = parse_split)]
+        weights: Vec<Split>,
+    },
+    /// What was live in an environment now, at a sequence number or at a time.
+    Live {
+        prompt: String,
+        #[arg(long = "env")]
+        environment: Environment,
+        #[arg(long, conflicts_with = "at_time_ms")]
+        at: Option<u64>,
+        /// Milliseconds since the Unix epoch.
+        #[arg(long)]
+        at_time_ms: Option<u64>,
+    },
+    /// Why a promotion, rollback or break-glass promotion was allowed: policy, gates, evidence.
+    Why {
+        prompt: String,
+        /// Its sequence number (`live` shows it).
+        #[arg(long)]
+        seq: u64,
+    },
+}
+
+fn parse_split(s: &str) -> Result<Split, String> {
+    let (v, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected VERSION=PERCENT"))?;
+    Ok(Split {
+        version: v
+            .parse()
+            .map_err(|_| format!("{v:?} is not a version number"))?,
+        weight: w
+            .parse()
+            .map_err(|_| format!("{w:?} is not a percentage"))?,
+    })
+}
+
+/// Runs a governance command. A refusal by the server is exit code 1 with its reason.
+pub fn run(client: ClientArgs, command: GovernCommand) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut c = client.connect().await?;
+        match execute(&mut c, command).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(Refusal::Status(s)) => {
+                eprintln!("refused ({:?}): {}", s.code(), s.message());
+                Ok(ExitCode::from(1))
+            }
+            Err(Refusal::Other(e)) => Err(e),
+        }
+    })
+}
+
+enum Refusal {
+    Status(Status),
+    Other(anyhow::Error),
+}
+
+impl From<Status> for Refusal {
+    fn from(s: Status) -> Self {
+        Refusal::Status(s)
+    }
+}
+
+impl From<anyhow::Error> for Refusal {
+    fn from(e: anyhow::Error) -> Self {
+        Refusal::Other(e)
+    }
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Self {
+        Refusal::Other(e.into())
+    }
+}
+
+fn receipt(r: &pb::Receipt) {
+    println!(
+        "recorded at sequence {}{}",
+        r.sequence,
+        if r.duplicate {
+            " (a retry: already recorded)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// The sequence number of the deployment live in `env` now (0: none), for compare-and-swap.
+async fn live_seq(c: &mut Client, prompt: &str, env: Environment) -> Result<u64, Status> {
+    let request = c
+        .authorized(pb::GetDeploymentRequest {
+            prompt: prompt.into(),
+            environment: env.as_str().into(),
+            ..Default::default()
+        })
+        .await?;
+    match c.registry().get_deployment(request).await {
+        Ok(r) => Ok(r.into_inner().deployment.map_or(0, |d| d.sequence)),
+        Err(s) if s.code() == Code::NotFound && s.message().starts_with("nothing") => Ok(0),
+        Err(s) => Err(s),
+    }
+}
+
+async fn content_hash(c: &mut Client, prompt: &str, version: u64) -> Result<String, Status> {
+    let request = c
+        .authorized(pb::GetVersionRequest {
+            prompt: prompt.into(),
+            version,
+        })
+        .await?;
+    Ok(c.registry()
+        .get_version(request)
+        .await?
+        .into_inner()
+        .version
+        .map(|v| v.content_hash)
+        .unwrap_or_default())
+}
+
+fn print_deployment(d: &pb::Deployment) {
+    let weights: Vec<String> = d
+        .splits
+        .iter()
+        .map(|s| format!("version {} {}%", s.version, s.weight))
+        .collect();
+    println!(
+        "{} {}: {} (sequence {}, {} ms, by {}{}{})",
+        d.prompt,
+        d.environment,
+        weights.join(", "),
+        d.sequence,
+        d.timestamp_ms,
+        d.actor,
+        if d.rollback { ", rollback" } else { "" },
+        if d.break_glass { ", BREAK-GLASS" } else { "" },
+    );
+    if !d.reason.is_empty() {
+        println!("  reason: {}", d.reason);
+    }
+    match &d.decision {
+        None => println!("  decision: none recorded (made before any policy was in force)"),
+        Some(dec) => {
+            println!(
+                "  policy: {} (set at sequence {})",
+                dec.policy_version, dec.policy_sequence
+            );
+            if !dec.break_glass_reason.is_empty() {
+                println!("  gates BYPASSED (break-glass): {}", dec.break_glass_reason);
+            }
+            for g in &dec.gates {
+                println!(
+                    "  {} {}: {} {:?}",
+                    if g.passed { "pass" } else { "FAIL" },
+                    g.gate,
+                    g.detail,
+                    g.evidence
+                );
+            }
+        }
+    }
+}
+
+/// Signs `action` against the deployment live now (compare-and-swap) and sends it to the
+/// method of its `kind`.
+async fn deployment_write(
+    c: &mut Client,
+    target: &Target,
+    kind: &str,
+    action: impl FnOnce(u64) -> Action,
+) -> Result<(), Refusal> {
+    let expected = live_seq(c, &target.prompt, target.environment).await?;
+    let statement = Some(c.sign(action(expected)));
+    let r = c.registry();
+    let (receipt_pb, deployment) = match kind {
+        "rollback_prompt" => {
+            let x = r
+                .rollback_prompt(pb::RollbackPromptRequest { statement })
+                .await?
+                .into_inner();
+            (x.receipt, x.deployment)
+        }
+        "break_glass_promote" => {
+            let x = r
+                .break_glass_promote(pb::BreakGlassPromoteRequest { statement })
+                .await?
+                .into_inner();
+            (x.receipt, x.deployment)
+        }
+        _ => {
+            let x = r
+                .promote_version(pb::PromoteVersionRequest { statement })
+                .await?
+                .into_inner();
+            (x.receipt, x.deployment)
+        }
+    };
+    if let Some(rc) = &receipt_pb {
+        receipt(rc);
+    }
+    if let Some(d) = &deployment {
+        print_deployment(d);
+    }
+    Ok(())
+}
+
+async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> {
+    match command {
+        GovernCommand::Actor(ActorCommand::Register { name, vkey, roles }) => {
+            receipt(
+                &c.submit(Action::RegisterActor {
+                    name,
+                    key: vkey,
+                    roles,
+                })
+                .await?,
+            );
+        }
+        GovernCommand::Actor(ActorCommand::SetRoles { name, roles }) => {
+            receipt(&c.submit(Action::SetActorRoles { name, roles }).await?);
+        }
+        GovernCommand::Actor(ActorCommand::Roles { at, actor }) => {
+            let mut token = String::new();
+            loop {
+                let request = c
+                    .authorized(pb::ListRoleAssignmentsRequest {
+                        at_sequence: at.unwrap_or(0),
+                        actor: actor.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await?;
+                let page = c
+                    .registry()
+                    .list_role_assignments(request)
+                    .await?
+                    .into_inner();
+                for a in &page.assignments {
+                    println!(
+                        "{:<24} {}{}",
+                        a.actor,
+                        a.roles.join(" "),
+                        if a.revoked { " (revoked)" } else { "" }
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    eprintln!("as of sequence {}", page.at_sequence);
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        GovernCommand::Policy(PolicyCommand::Show { at }) => {
+            let request = c
+                .authorized(pb::GetPolicyRequest {
+                    at_sequence: at.unwrap_or(0),
+                })
+                .await?;
+            let p = c.registry().get_policy(request).await?.into_inner();
+            println!(
+                "policy {} set at sequence {} by {} ({} ms)",
+                p.policy_version, p.sequence, p.set_by, p.timestamp_ms
+            );
+            for (name, text) in [
+                ("model.conf", &p.model_conf),
+                ("policy.csv", &p.policy_csv),
+                ("gates.toml", &p.gates_toml),
+            ] {
+                println!("\n==> {name} <==\n{}", text.trim_end());
+            }
+        }
+        GovernCommand::Policy(PolicyCommand::Set { dir }) => {
+            let files = PolicyFiles::read_dir(&dir)?;
+            let version = files.version();
+            receipt(&c.submit(Action::SetPolicy { files }).await?);
+            println!("policy {version} is in force");
+        }
+        GovernCommand::Evaluate {
+            prompt,
+            version,
+            suite,
+            score,
+            threshold,
+            passed,
+            failed,
+            evaluator,
+            evidence_digest,
+            evidence_uri,
+        } => {
+            let content_hash = content_hash(c, &prompt, version).await?;
+            let passed = if passed || failed {
+                passed
+            } else {
+                score >= threshold
+            };
+            let evaluator = evaluator.unwrap_or_else(|| c.actor().to_owned());
+            receipt(
+                &c.submit(Action::RecordEvaluation {
+                    prompt,
+                    version,
+                    content_hash,
+                    suite,
+                    score,
+                    threshold,
+                    passed,
+                    evaluator,
+                    evidence_digest,
+                    evidence_uri,
+                })
+                .await?,
+            );
+        }
+        GovernCommand::Approve(t) => {
+            let content_hash = content_hash(c, &t.prompt, t.version).await?;
+            receipt(
+                &c.submit(Action::ApproveVersion {
+                    prompt: t.prompt,
+                    version: t.version,
+                    content_hash,
+                    environment: t.environment,
+                })
+                .await?,
+            );
+        }
+        GovernCommand::RevokeApproval { target, reason } => {
+            receipt(
+                &c.submit(Action::RevokeApproval {
+                    prompt: target.prompt,
+                    version: target.version,
+                    environment: target.environment,
+                    reason,
+                })
+                .await?,
+            );
+        }
+        GovernCommand::Promote { target, weights } => {
+            let t = &target;
+            deployment_write(c, t, "promote_version", |expected| Action::PromoteVersion {
+                prompt: t.prompt.clone(),
+                version: t.version,
+                environment: t.environment,
+                rollout: weights,
+                expected_deployment: Some(expected),
+            })
+            .await?;
+        }
+        GovernCommand::Rollback { target, reason } => {
+            let t = &target;
+            deployment_write(c, t, "rollback_prompt", |expected| Action::RollbackPrompt {
+                prompt: t.prompt.clone(),
+                version: t.version,
+                environment: t.environment,
+                reason,
+                expected_deployment: Some(expected),
+            })
+            .await?;
+        }
+        GovernCommand::BreakGlass {
+            target,
+            reason,
+            weights,
+        } => {
+            let t = &target;
+            deployment_write(c, t, "break_glass_promote", |expected| {
+                Action::BreakGlassPromote {
+                    prompt: t.prompt.clone(),
+                    version: t.version,
+                    environment: t.environment,
+                    rollout: weights,
+                    reason,
+                    expected_deployment: Some(expected),
+                }
+            })
+            .await?;
+        }
+        GovernCommand::Live {
+            prompt,
+            environment,
+            at,
+            at_time_ms,
+        } => {
+            let request = c
+                .authorized(pb::GetDeploymentRequest {
+                    prompt,
+                    environment: environment.as_str().into(),
+                    at_sequence: at.unwrap_or(0),
+                    at_time_ms: at_time_ms.unwrap_or(0),
+                })
+                .await?;
+            let d = c.registry().get_deployment(request).await?.into_inner();
+            if let Some(d) = &d.deployment {
+                print_deployment(d);
+            }
+        }
+        GovernCommand::Why { prompt, seq } => {
+            let request = c
+                .authorized(pb::ExplainDeploymentRequest {
+                    prompt,
+                    sequence: seq,
+                })
+                .await?;
+            let why = c.registry().explain_deployment(request).await?.into_inner();
+            if let Some(d) = &why.deployment {
+                print_deployment(d);
+            }
+            if !why.evidence.is_empty() {
+                println!("evidence:");
+            }
+            for e in &why.evidence {
+                println!(
+                    "  {:>8} {:<18} {:<16} {}",
+                    e.sequence, e.kind, e.actor, e.summary
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! The governance commands of the real binary against a real server: keys, actors, evaluations,
+//! approvals, a refused and an allowed promotion, rollouts, rollback, break-glass, the policy,
+//! and the compliance questions. Exit codes: 0 done, 1 refused by the server.
+
+mod common;
+
+use common::{commit, Server};
+use promptledger::client::Client;
+use promptledger::keyfile;
+use promptledger::node::DataDir;
+use promptledger::registry::statement::Action;
+use promptledger::server::Config;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with `args` as the holder of `key` (off the async runtime).
+async fn cli(server: &str, key: Option<&Path>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptledger"));
+    cmd.args(["--server", server]);
+    if let Some(k) = key {
+        cmd.arg("--key").arg(k);
+    }
+    cmd.args(args)
+        .env_remove("PROMPTLEDGER_KEY")
+        .env_remove("PROMPTLEDGER_KEY_FILE");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(r: &Run, what: &str) {
+    assert_eq!(r.code, 0, "{what}: {}{}", r.stdout, r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let server = Server::start(Config {
+        data_dir: dir.root.clone(),
+        policy_dir: Some(policies.clone()),
+        ..Config::default()
+    })
+    .await;
+    let url = server.endpoint();
+    let admin = dir.admin_key();
+
+    // Keys, and the admin registers their owners.
+    let mut keys = std::collections::HashMap::new();
+    for (name, role) in [
+        ("alice", "author"),
+        ("bob", "reviewer"),
+        ("rita", "reviewer"),
+        ("ci", "ci"),
+        ("dora", "deployer"),
+        ("brenda", "breakglass"),
+        ("audrey", "auditor"),
+    ] {
+        let path = tmp.path().join(format!("{name}.key"));
+        let r = cli(
+            &url,
+            None,
+            &["keygen", "--name", name, "--out", path.to_str().unwrap()],
+        )
+        .await;
+        ok(&r, "keygen");
+        let vkey = r.stdout.trim().to_owned();
+        assert!(vkey.starts_with(&format!("{name}+")), "{vkey}");
+        let again = cli(
+            &url,
+            None,
+            &["keygen", "--name", name, "--out", path.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(again.code, 2, "an existing key is never overwritten");
+        let r = cli(
+            &url,
+            Some(&admin),
+            &["actor", "register", name, "--vkey", &vkey, "--role", role],
+        )
+        .await;
+        ok(&r, "register");
+        keys.insert(name, path);
+    }
+    let key = |name: &str| keys[name].clone();
+
+    // Alice writes a prompt with the Rust client (the authoring commands are not here yet).
+    let mut alice = Client::connect(url.clone(), keyfile::read_key(&key("alice")).unwrap())
+        .await
+        .unwrap();
+    alice
+        .submit(Action::CreatePrompt {
+            prompt: "support/greeting".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    alice
+        .submit(commit("support/greeting", None, "Hello {{customer}}"))
+        .await
+        .unwrap();
+    alice
+        .submit(commit("support/greeting", Some(1), "Hi {{customer}}"))
+        .await
+        .unwrap();
+
+    let p = "support/greeting";
+    for env in ["dev"] {
+        for v in ["1", "2"] {
+            let r = cli(
+                &url,
+                Some(&key("dora")),
+                &["promote", p, "--version", v, "--env", env],
+            )
+            .await;
+            ok(&r, "promote to dev");
+        }
+    }
+    // Staging without evidence: refused, exit 1, the gate named.
+    let r = cli(
+        &url,
+        Some(&key("dora")),
+        &["promote", p, "--version", "1", "--env", "staging"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("FailedPrecondition") && r.stderr.contains("evaluation:regression"),
+        "{}",
+        r.stderr
+    );
+    // Authors may not approve: PERMISSION_DENIED.
+    let r = cli(
+        &url,
+        Some(&key("alice")),
+        &["approve", p, "--version", "1", "--env", "staging"],
+    )
+    .await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("PermissionDenied") && r.stderr.contains("may not approve"),
+        "{}",
+        r.stderr
+    );
+
+    for v in ["1", "2"] {
+        ok(
+            &cli(
+                &url,
+                Some(&key("ci")),
+                &[
+                    "evaluate",
+                    p,
+                    "--version",
+                    v,
+                    "--suite",
+                    "regression",
+                    "--score",
+                    "0.95",
+                    "--threshold",
+                    "0.9",
+                ],
+            )
+            .await,
+            "evaluate regression",
+        );
+        ok(
+            &cli(
+                &url,
+                Some(&key("ci")),
+                &[
+                    "evaluate",
+                    p,
+                    "--version",
+                    v,
+                    "--suite",
+                    "safety",
+                    "--score",
+                    "1",
+                    "--threshold",
+                    "0.99",
+                ],
+            )
+            .await,
+            "evaluate safety",
+        );
+        for (who, env) in [
+            ("bob", "staging"),
+            ("bob", "production"),
+            ("rita", "production"),
+        ] {
+            ok(
+                &cli(
+                    &url,
+                    Some(&key(who)),
+                    &["approve", p, "--version", v, "--env", env],
+                )
+                .await,
+                "approve",
+            );
+        }
+        ok(
+            &cli(
+                &url,
+                Some(&key("dora")),
+                &["promote", p, "--version", v, "--env", "staging"],
+            )
+            .await,
+            "promote to staging",
+        );
+    }
+    let r = cli(
+        &url,
+        Some(&key("dora")),
+        &["promote", p, "--version", "1", "--env", "production"],
+    )
+    .await;
+    ok(&r, "promote v1 to production");
+    assert!(r.stdout.contains("pass approvals"), "{}", r.stdout);
+    // A 90/10 rollout of version 2.
+    let r = cli(
+        &url,
+        Some(&key("dora")),
+        &[
+            "promote",
+            p,
+            "--version",
+            "2",
+            "--env",
+            "production",
+            "--weight",
+            "1=90",
+            "--weight",
+            "2=10",
+        ],
+    )
+    .await;
+    ok(&r, "rollout");
+    assert!(
+        r.stdout.contains("version 1 90%, version 2 10%"),
+        "{}",
+        r.stdout
+    );
+    let rollout_seq: u64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("recorded at sequence "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Compliance: what is live, why it was allowed.
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &["live", p, "--env", "production"],
+    )
+    .await;
+    ok(&r, "live");
+    assert!(
+        r.stdout.contains(&format!("sequence {rollout_seq}")),
+        "{}",
+        r.stdout
+    );
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &["why", p, "--seq", &rollout_seq.to_string()],
+    )
+    .await;
+    ok(&r, "why");
+    for needle in [
+        "pass evaluation:safety",
+        "approve_version",
+        "bob",
+        "rita",
+        "record_evaluation",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "why lacks {needle}: {}",
+            r.stdout
+        );
+    }
+
+    // Rollback needs a reason and a version that was live there; break-glass is flagged.
+    ok(
+        &cli(
+            &url,
+            Some(&key("dora")),
+            &[
+                "rollback",
+                p,
+                "--version",
+                "1",
+                "--env",
+                "production",
+                "--reason",
+                "INC-7 rollout errors",
+            ],
+        )
+        .await,
+        "rollback",
+    );
+    let r = cli(
+        &url,
+        Some(&key("brenda")),
+        &[
+            "break-glass",
+            p,
+            "--version",
+            "2",
+            "--env",
+            "production",
+            "--reason",
+            "hotfix for INC-8",
+        ],
+    )
+    .await;
+    ok(&r, "break-glass");
+    assert!(
+        r.stdout.contains("BREAK-GLASS") && r.stdout.contains("gates BYPASSED"),
+        "{}",
+        r.stdout
+    );
+
+    // Who held which role; the policy; a policy change by the admin.
+    let r = cli(&url, Some(&key("audrey")), &["actor", "roles"]).await;
+    ok(&r, "roles");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("dora") && l.ends_with("deployer")),
+        "{}",
+        r.stdout
+    );
+    let r = cli(&url, Some(&key("audrey")), &["policy", "show"]).await;
+    ok(&r, "policy show");
+    let shipped = promptledger::policy::PolicyFiles::read_dir(&policies).unwrap();
+    assert!(r.stdout.contains(&shipped.version()) && r.stdout.contains("==> gates.toml <=="));
+    let relaxed = tmp.path().join("relaxed");
+    std::fs::create_dir_all(&relaxed).unwrap();
+    std::fs::write(relaxed.join("model.conf"), &shipped.model).unwrap();
+    std::fs::write(relaxed.join("policy.csv"), &shipped.policy).unwrap();
+    std::fs::write(relaxed.join("gates.toml"), "[production]\napprovals = 1\n").unwrap();
+    let r = cli(
+        &url,
+        Some(&key("dora")),
+        &["policy", "set", "--dir", relaxed.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 1, "only admins set policy: {}", r.stderr);
+    let r = cli(
+        &url,
+        Some(&admin),
+        &["policy", "set", "--dir", relaxed.to_str().unwrap()],
+    )
+    .await;
+    ok(&r, "policy set");
+    assert!(r.stdout.contains("is in force"), "{}", r.stdout);
+
+    // No key: a usage error, exit 2.
+    let r = cli(&url, None, &["live", p, "--env", "production"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    server.stop().await;
+}
