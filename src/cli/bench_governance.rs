@@ -33,7 +33,7 @@ pub struct GovernanceArgs {
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Pre-signed statements per stream and case (a case ends early when they run out).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 3000)]
     statements: usize,
 }
 
