@@ -32,6 +32,8 @@ enum Which {
     Nats(super::bench_nats::NatsArgs),
     /// Policy evaluation: Casbin enforce latency, gate-checked promotions/s vs plain writes.
     Governance(super::bench_governance::GovernanceArgs),
+    /// The state root's cost per commit group as the registry grows.
+    State(super::bench_state::StateArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -40,6 +42,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Which::Grpc(a) => super::bench_grpc::run(a),
         Which::Nats(a) => super::bench_nats::run(a),
         Which::Governance(a) => super::bench_governance::run(a),
+        Which::State(a) => super::bench_state::run(a),
     }
 }
 

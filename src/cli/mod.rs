@@ -5,6 +5,7 @@ pub mod bench;
 mod bench_governance;
 mod bench_grpc;
 mod bench_nats;
+mod bench_state;
 pub mod govern;
 pub mod tail;
 

@@ -303,6 +303,10 @@ struct Chains {
     deployments: Hash,
     evaluations: Hash,
     history: Hash,
+    /// Approvals as made (unrevoked), in order.
+    approvals: Hash,
+    /// `(approval seq, revoked seq)` pairs, in revocation order.
+    revocations: Hash,
 }
 
 /// `chain' = SHA-256(chain ‖ SHA-256(item JSON))`.
@@ -342,8 +346,23 @@ impl Prompt {
         h.update(self.chains.deployments);
         h.update(self.chains.evaluations);
         h.update(self.chains.history);
-        h.update(digest(&self.approvals));
+        h.update(self.chains.approvals);
+        h.update(self.chains.revocations);
         h.finalize().into()
+    }
+
+    /// Appends an approval as made.
+    fn push_approval(&mut self, a: Approval) {
+        let made = Approval {
+            revoked_seq: None,
+            ..a.clone()
+        };
+        extend_chain(&mut self.chains.approvals, &made);
+        self.approvals.push(a);
+    }
+
+    fn chain_revocation(&mut self, approval_seq: Seq, revoked_seq: Seq) {
+        extend_chain(&mut self.chains.revocations, &(approval_seq, revoked_seq));
     }
 
     /// Whether `by` has an unrevoked approval of `version` for `environment`.
@@ -448,6 +467,117 @@ impl Row {
     }
 }
 
+/// log2 of the number of buckets of the state tree.
+const BUCKET_BITS: u32 = 12;
+const BUCKETS: usize = 1 << BUCKET_BITS;
+
+/// The commitment to the projected objects behind the state root, updated in O(objects
+/// changed). Each object (key, digest) falls into bucket `b` = the first 12 bits of
+/// SHA-256(key); a bucket's hash is `SHA-256(0x00 ‖ for each of its objects in key order:
+/// len(key) (u32 BE) ‖ key ‖ digest)`; the 4096 bucket hashes are the leaves, in order, of a
+/// complete binary tree whose nodes are `SHA-256(0x01 ‖ left ‖ right)`.
+#[derive(Debug)]
+struct StateTree(std::sync::Mutex<TreeNodes>);
+
+#[derive(Clone, Debug)]
+struct TreeNodes {
+    buckets: Vec<BTreeMap<String, Hash>>,
+    /// Heap order: 1 is the root, `BUCKETS + b` the leaf of bucket `b`; 0 unused.
+    nodes: Vec<Hash>,
+    /// Buckets changed since the nodes were last brought up to date.
+    dirty: BTreeSet<usize>,
+}
+
+fn bucket_of(key: &str) -> usize {
+    let h = Sha256::digest(key.as_bytes());
+    (usize::from(u16::from_be_bytes([h[0], h[1]])) >> (16 - BUCKET_BITS)) & (BUCKETS - 1)
+}
+
+fn bucket_hash(objects: &BTreeMap<String, Hash>) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0]);
+    for (key, d) in objects {
+        h.update((key.len() as u32).to_be_bytes());
+        h.update(key.as_bytes());
+        h.update(d);
+    }
+    h.finalize().into()
+}
+
+fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update([1]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+impl Default for StateTree {
+    fn default() -> Self {
+        let empty = bucket_hash(&BTreeMap::new());
+        let mut nodes = vec![[0u8; 32]; 2 * BUCKETS];
+        nodes[BUCKETS..].fill(empty);
+        for i in (1..BUCKETS).rev() {
+            nodes[i] = node_hash(&nodes[2 * i], &nodes[2 * i + 1]);
+        }
+        StateTree(std::sync::Mutex::new(TreeNodes {
+            buckets: vec![BTreeMap::new(); BUCKETS],
+            nodes,
+            dirty: BTreeSet::new(),
+        }))
+    }
+}
+
+impl Clone for StateTree {
+    fn clone(&self) -> Self {
+        StateTree(std::sync::Mutex::new(
+            self.0.lock().expect("state tree").clone(),
+        ))
+    }
+}
+
+impl StateTree {
+    fn set(&mut self, key: String, digest: Hash) {
+        let t = self.0.get_mut().expect("state tree");
+        let b = bucket_of(&key);
+        t.buckets[b].insert(key, digest);
+        t.dirty.insert(b);
+    }
+
+    /// The root, after rehashing the changed buckets and the nodes above them, level by level.
+    fn root(&self) -> Hash {
+        let mut t = self.0.lock().expect("state tree");
+        let t = &mut *t;
+        let mut level: BTreeSet<usize> = std::mem::take(&mut t.dirty)
+            .into_iter()
+            .map(|b| {
+                t.nodes[BUCKETS + b] = bucket_hash(&t.buckets[b]);
+                (BUCKETS + b) / 2
+            })
+            .collect();
+        while !level.is_empty() {
+            for &i in &level {
+                t.nodes[i] = node_hash(&t.nodes[2 * i], &t.nodes[2 * i + 1]);
+            }
+            level = level
+                .into_iter()
+                .filter(|&i| i > 1)
+                .map(|i| i / 2)
+                .collect();
+        }
+        t.nodes[1]
+    }
+
+    fn root_from_scratch(&self) -> Hash {
+        let t = self.0.lock().expect("state tree");
+        let mut level: Vec<Hash> = t.buckets.iter().map(bucket_hash).collect();
+        while level.len() > 1 {
+            level = level.chunks(2).map(|p| node_hash(&p[0], &p[1])).collect();
+        }
+        level[0]
+    }
+}
+
 /// The registry state.
 #[derive(Clone, Debug, Default)]
 pub struct State {
@@ -458,9 +588,9 @@ pub struct State {
     keys: OrdMap<String, KeyEntry>,
     /// Derived: (actor, nonce) → (seq, payload hash). Replay protection and idempotency.
     nonces: HashMap<(String, String), (Seq, Hash)>,
-    /// Derived: digest of each actor, prompt (see [`Prompt::digest`]) and policy record, for
-    /// the state root.
-    digests: BTreeMap<String, Hash>,
+    /// Derived: digest of each actor, prompt (see [`Prompt::digest`]) and policy record, in
+    /// the tree whose root is the state root.
+    tree: StateTree,
     /// Every policy put in force, oldest first.
     policy_history: Vector<Arc<PolicyRecord>>,
     /// Derived: the policy in force, parsed, and the sequence number that put it in force.
@@ -706,18 +836,22 @@ impl State {
             .copied()
     }
 
-    /// Hash over the whole projected state: SHA-256 over, for every object in key order,
-    /// `len(key) (u32 BE) ‖ key ‖ SHA-256(object JSON)`. The ledger id is the first object.
+    /// Hash over the whole projected state: `SHA-256(0x02 ‖ SHA-256(ledger id hex) ‖ tree
+    /// root)`, the tree being [`StateTree`]'s. Costs O(objects changed since the last call).
     pub fn state_root(&self) -> Hash {
         let mut h = Sha256::new();
-        let ledger = Sha256::digest(self.ledger_id.as_bytes());
-        for (key, d) in std::iter::once(("ledger", &ledger.into()))
-            .chain(self.digests.iter().map(|(k, d)| (k.as_str(), d)))
-        {
-            h.update((key.len() as u32).to_be_bytes());
-            h.update(key.as_bytes());
-            h.update(d);
-        }
+        h.update([2]);
+        h.update(Sha256::digest(self.ledger_id.as_bytes()));
+        h.update(self.tree.root());
+        h.finalize().into()
+    }
+
+    /// [`Self::state_root`] computed from scratch, without the tree's cached nodes (tests).
+    pub fn state_root_from_scratch(&self) -> Hash {
+        let mut h = Sha256::new();
+        h.update([2]);
+        h.update(Sha256::digest(self.ledger_id.as_bytes()));
+        h.update(self.tree.root_from_scratch());
         h.finalize().into()
     }
 
@@ -1344,7 +1478,7 @@ impl State {
             } => {
                 changed.extend(
                     self.record(prompt, ev, Some(*version), Some(*environment), |p| {
-                        p.approvals.push(Approval {
+                        p.push_approval(Approval {
                             seq: ev.seq,
                             version: *version,
                             content_hash: content_hash.clone(),
@@ -1364,7 +1498,7 @@ impl State {
             } => {
                 changed.extend(
                     self.record(prompt, ev, Some(*version), Some(*environment), |p| {
-                        let mut rows = vec![];
+                        let mut revoked = vec![];
                         for a in p.approvals.iter_mut().filter(|a| {
                             a.version == *version
                                 && a.environment == *environment
@@ -1372,9 +1506,15 @@ impl State {
                                 && a.revoked_seq.is_none()
                         }) {
                             a.revoked_seq = Some(ev.seq);
-                            rows.push(Row::Approval(prompt.clone(), a.seq));
+                            revoked.push(a.seq);
                         }
-                        rows
+                        for &seq in &revoked {
+                            p.chain_revocation(seq, ev.seq);
+                        }
+                        revoked
+                            .into_iter()
+                            .map(|seq| Row::Approval(prompt.clone(), seq))
+                            .collect()
                     }),
                 );
             }
@@ -1468,14 +1608,14 @@ impl State {
         });
         rows.push(Row::History(prompt.to_owned(), ev.seq));
         rows.push(Row::Prompt(prompt.to_owned()));
-        self.digests
-            .insert(Row::Prompt(prompt.to_owned()).encode(), p.digest());
+        self.tree
+            .set(Row::Prompt(prompt.to_owned()).encode(), p.digest());
         rows
     }
 
     fn put_policy(&mut self, record: PolicyRecord, policy: Arc<Policy>) -> Row {
         let row = Row::Policy(record.seq);
-        self.digests.insert(row.encode(), digest(&record));
+        self.tree.set(row.encode(), digest(&record));
         self.policy = Some((policy, record.seq));
         self.authz_epoch = self.authz_epoch.max(record.seq);
         self.policy_history.push_back(Arc::new(record));
@@ -1484,7 +1624,7 @@ impl State {
 
     fn put_actor(&mut self, actor: Actor) -> Row {
         let key = Row::Actor(actor.name.clone());
-        self.digests.insert(key.encode(), digest(&actor));
+        self.tree.set(key.encode(), digest(&actor));
         self.index_keys(&actor);
         self.actors.insert(actor.name.clone(), Arc::new(actor));
         key
@@ -1553,10 +1693,20 @@ impl State {
         };
         let mut current: Option<Prompt> = None;
         let finish = |state: &mut State, p: Option<Prompt>| {
-            if let Some(p) = p {
+            if let Some(mut p) = p {
+                // Revocations were chained in the order they happened.
+                let mut revocations: Vec<(Seq, Seq)> = p
+                    .approvals
+                    .iter()
+                    .filter_map(|a| a.revoked_seq.map(|r| (r, a.seq)))
+                    .collect();
+                revocations.sort_unstable();
+                for (revoked, approval) in revocations {
+                    p.chain_revocation(approval, revoked);
+                }
                 state
-                    .digests
-                    .insert(Row::Prompt(p.name.clone()).encode(), p.digest());
+                    .tree
+                    .set(Row::Prompt(p.name.clone()).encode(), p.digest());
                 state.prompts.insert(p.name.clone(), Arc::new(p));
             }
         };
@@ -1592,7 +1742,7 @@ impl State {
                         Row::Version(..) => p.push_version(serde_json::from_slice(&json)?),
                         Row::History(..) => p.push_history(serde_json::from_slice(&json)?),
                         Row::Evaluation(..) => p.push_evaluation(serde_json::from_slice(&json)?),
-                        Row::Approval(..) => p.approvals.push(serde_json::from_slice(&json)?),
+                        Row::Approval(..) => p.push_approval(serde_json::from_slice(&json)?),
                         Row::Deployment(..) => p.push_deployment(serde_json::from_slice(&json)?),
                         Row::Actor(_) | Row::Prompt(_) | Row::Policy(_) => {
                             unreachable!("matched above")
@@ -1604,5 +1754,175 @@ impl State {
         finish(&mut state, current);
         state.nonces = nonces.into_iter().collect();
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::keys::KeyPair;
+    use std::collections::BTreeMap;
+
+    struct Log {
+        state: State,
+        seq: Seq,
+        /// What the `state` column family would hold.
+        rows: BTreeMap<String, Vec<u8>>,
+        nonces: Vec<((String, String), (Seq, Hash))>,
+    }
+
+    impl Log {
+        fn append(&mut self, key: &KeyPair, action: Action) {
+            let st = Statement {
+                ledger_id: "00".repeat(16),
+                actor: key.name().to_owned(),
+                issued_at_ms: 0,
+                nonce: format!("n{}", self.seq),
+                action,
+            };
+            let keyid = key.key_id().to_string();
+            let ev = Event {
+                seq: self.seq,
+                timestamp_ms: 1_000 + self.seq,
+                signer: &keyid,
+                statement: &st,
+                payload_hash: [self.seq as u8; 32],
+            };
+            let verdict = self
+                .state
+                .decide(&ev)
+                .unwrap_or_else(|r| panic!("{}: {r}", st.action.kind()));
+            for row in self.state.apply_decided(&ev, Some(verdict)) {
+                let json = self.state.row_json(&row).unwrap();
+                self.rows.insert(row.encode(), json);
+            }
+            self.nonces.push((
+                (st.actor.clone(), st.nonce.clone()),
+                (self.seq, ev.payload_hash),
+            ));
+            self.seq += 1;
+        }
+    }
+
+    fn key(name: &str) -> KeyPair {
+        KeyPair::from_seed(name, &[name.len() as u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn the_state_root_is_incremental_and_survives_a_reload() {
+        let (admin, alice, bob, dora) = (key("admin"), key("alice"), key("bob"), key("dora"));
+        let mut log = Log {
+            state: State::new(),
+            seq: 0,
+            rows: BTreeMap::new(),
+            nonces: vec![],
+        };
+        log.append(
+            &admin,
+            Action::Genesis {
+                origin: "o".into(),
+                ledger_key: admin.public().to_vkey(),
+                admin_key: admin.public().to_vkey(),
+            },
+        );
+        log.append(
+            &admin,
+            Action::SetPolicy {
+                files: PolicyFiles::builtin(),
+            },
+        );
+        for (k, role) in [(&alice, "author"), (&bob, "reviewer"), (&dora, "deployer")] {
+            log.append(
+                &admin,
+                Action::RegisterActor {
+                    name: k.name().into(),
+                    key: k.public().to_vkey(),
+                    roles: vec![role.into()],
+                },
+            );
+        }
+        let mut roots = BTreeSet::new();
+        for i in 0..40 {
+            let prompt = format!("ns{}/p{i}", i % 3);
+            log.append(
+                &alice,
+                Action::CreatePrompt {
+                    prompt: prompt.clone(),
+                    description: String::new(),
+                },
+            );
+            let template = format!("t{i}");
+            let parameters = BTreeMap::new();
+            log.append(
+                &alice,
+                Action::CommitVersion {
+                    prompt: prompt.clone(),
+                    parent_version: None,
+                    content_hash: content_hash(&template, "m", &parameters, &[]),
+                    template: template.clone(),
+                    model: "m".into(),
+                    parameters: parameters.clone(),
+                    variables: vec![],
+                    message: String::new(),
+                },
+            );
+            for env in [Environment::Staging, Environment::Production] {
+                log.append(
+                    &bob,
+                    Action::ApproveVersion {
+                        prompt: prompt.clone(),
+                        version: 1,
+                        content_hash: content_hash(&template, "m", &parameters, &[]),
+                        environment: env,
+                    },
+                );
+            }
+            if i % 2 == 0 {
+                log.append(
+                    &bob,
+                    Action::RevokeApproval {
+                        prompt: prompt.clone(),
+                        version: 1,
+                        environment: Environment::Production,
+                        reason: "r".into(),
+                    },
+                );
+            }
+            log.append(
+                &dora,
+                Action::PromoteVersion {
+                    prompt,
+                    version: 1,
+                    environment: Environment::Dev,
+                    rollout: vec![],
+                    expected_deployment: None,
+                },
+            );
+            let root = log.state.state_root();
+            assert_eq!(
+                root,
+                log.state.state_root_from_scratch(),
+                "after prompt {i}"
+            );
+            assert!(roots.insert(root), "every change moves the root");
+        }
+        // The projection loaded from its rows (no replay) commits to the same state.
+        let rows = log
+            .rows
+            .iter()
+            .map(|(k, v)| (Row::decode(k).unwrap(), v.clone()));
+        let loaded = State::load(&"00".repeat(16), rows, log.nonces.clone()).unwrap();
+        assert_eq!(loaded.state_root(), log.state.state_root());
+        // And an approval revoked in the other order would not.
+        let mut other = log.rows.clone();
+        let key = other.keys().find(|k| k.contains("#a/")).cloned().unwrap();
+        let mut a: Approval = serde_json::from_slice(&other[&key]).unwrap();
+        a.revoked_seq = Some(a.revoked_seq.map_or(1, |s| s + 1));
+        other.insert(key, serde_json::to_vec(&a).unwrap());
+        let rows = other
+            .iter()
+            .map(|(k, v)| (Row::decode(k).unwrap(), v.clone()));
+        let tampered = State::load(&"00".repeat(16), rows, log.nonces).unwrap();
+        assert_ne!(tampered.state_root(), log.state.state_root());
     }
 }
