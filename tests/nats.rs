@@ -5,7 +5,7 @@
 mod common;
 
 use async_nats::jetstream;
-use common::{wait_serving, Server};
+use common::{free_port, Server};
 use futures_util::StreamExt;
 use promptledger::client::Client;
 use promptledger::keyfile;
@@ -21,14 +21,6 @@ use promptledger::storage::Store;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A nats-server with JetStream, owned by the test.
 struct Nats {
@@ -376,21 +368,7 @@ async fn writes_are_acknowledged_while_nats_is_absent_and_published_when_it_appe
 /// `promptledger serve` as a real process on a free port; returns it and its endpoint once it
 /// serves.
 async fn serve_process(dir: &DataDir, config: &Path) -> (Child, String) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_promptledger"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(&dir.root)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    wait_serving(&endpoint).await;
-    (child, endpoint)
+    common::serve_process(&dir.root, &["--config", config.to_str().unwrap()], &[]).await
 }
 
 /// The real binary, killed with SIGKILL while it publishes under write load, three times.

@@ -81,6 +81,39 @@ pub async fn tree_size(c: &mut promptledger::client::Client) -> u64 {
         .tree_size
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary serving `data_dir` on a free port, with `args` and `envs` added; waits
+/// until it answers. Returns the child and its endpoint.
+pub async fn serve_process(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_promptledger"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_serving(&endpoint).await;
+    (child, endpoint)
+}
+
 /// A deterministic key named `name`.
 pub fn key(name: &str) -> KeyPair {
     let mut seed = [0u8; 32];
