@@ -19,6 +19,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these.
 
+pub mod bundle;
 pub mod client;
 pub mod keyfile;
 pub mod ledger;

@@ -101,6 +101,25 @@ enum Command {
     Keygen(cli::govern::KeygenArgs),
     #[command(flatten)]
     Govern(cli::govern::GovernCommand),
+    /// Write an export bundle: the latest signed checkpoint and every entry it covers, from a
+    /// data directory (read-only; it can run beside a live server).
+    #[command(
+        after_help = "Example:\n  promptledger export --data-dir ./promptledger-data --out ledger-2026-11.plb"
+    )]
+    Export(cli::audit::ExportArgs),
+    /// Verify an export bundle offline, trusting only the ledger key given, and optionally that
+    /// it extends an earlier bundle. Exit 0 verified, 1 refused (the reason and sequence number
+    /// are printed), 2 usage or I/O error.
+    #[command(
+        after_help = "Example:\n  promptledger verify-bundle ledger-2026-12.plb --ledger-key \"$(cat ledger.pub)\" --extends ledger-2026-11.plb"
+    )]
+    VerifyBundle(cli::audit::VerifyBundleArgs),
+    /// Online audit against a running server.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  promptledger --server http://ledger:50051 audit verify --ledger-key \"$(cat ledger.pub)\" --state audit.checkpoint"
+    )]
+    Audit(cli::audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +151,9 @@ fn main() -> ExitCode {
         Command::Tail(args) => cli::tail::run(args),
         Command::Keygen(args) => cli::govern::keygen(args),
         Command::Govern(command) => cli::govern::run(cli.client, command),
+        Command::Export(args) => cli::audit::export(args),
+        Command::VerifyBundle(args) => cli::audit::verify_bundle(args),
+        Command::Audit(command) => cli::audit::audit(cli.client.server(), command),
     };
     match result {
         Ok(code) => code,

@@ -1109,6 +1109,17 @@ async fn a_policy_change_takes_effect_at_its_sequence_and_replay_reproduces_ever
         Code::InvalidArgument,
         "policy.csv line",
     );
+    // A model Casbin panics on is refused like any bad file; the writer lives on.
+    let mut panicky = relaxed.clone();
+    panicky.model = panicky.model.replace(
+        "e = some(where (p.eft == allow))",
+        "e = !some(where (p.eft == allow))",
+    );
+    refused(
+        admin.submit(Action::SetPolicy { files: panicky }).await,
+        Code::InvalidArgument,
+        "model.conf",
+    );
     let mut lockout = relaxed.clone();
     lockout.policy = lockout.policy.replace("p, admin, *, *, set_policy", "");
     refused(

@@ -36,6 +36,10 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
     async fn connect(&self) -> Result<Client> {
         let key = keyfile::load_key(self.key.as_deref(), "PROMPTLEDGER_KEY")
             .context("your key: pass --key FILE or set PROMPTLEDGER_KEY")?;

@@ -1,6 +1,7 @@
 //! Command implementations. Exit codes: 0 success, 1 a verification found a problem, 2 a usage,
 //! I/O or storage error.
 
+pub mod audit;
 pub mod bench;
 mod bench_governance;
 mod bench_grpc;

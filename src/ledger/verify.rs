@@ -180,6 +180,7 @@ where
         };
     loop {
         chunk.clear();
+        let mut read_error = None;
         for item in iter.by_ref().take(CHUNK) {
             let seq = state.next_seq + chunk.len() as u64;
             if seq >= checkpoint.size {
@@ -192,20 +193,25 @@ where
             match item {
                 Ok(bytes) => chunk.push(bytes),
                 Err(e) => {
-                    settle(&mut inflight)?;
-                    return Err(VerifyError::Read {
+                    // Check the entries read before it first: an earlier failure (say, an
+                    // entry missing from the middle) is the one to report.
+                    read_error = Some(VerifyError::Read {
                         seq,
                         message: e.to_string(),
                     });
+                    break;
                 }
             }
         }
-        if chunk.is_empty() {
+        if chunk.is_empty() && read_error.is_none() {
             break;
         }
         let (structural, work) = check_chunk(&chunk, &mut state, keyring, &mut observers);
         settle(&mut inflight)?;
         if let Some(e) = structural {
+            return Err(work.first_bad().unwrap_or(e));
+        }
+        if let Some(e) = read_error {
             return Err(work.first_bad().unwrap_or(e));
         }
         // Check this chunk's signatures on the pool while the next chunk is read and checked.

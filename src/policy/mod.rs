@@ -232,12 +232,26 @@ fn ready<F: std::future::Future>(f: F) -> F::Output {
     futures_executor::block_on(f)
 }
 
-/// A Casbin enforcer of `model` and `policy` text.
+/// A Casbin enforcer of `model` and `policy` text. Casbin panics on some malformed models
+/// (e.g. an unsupported policy effect); that panic is caught and returned as an error, so a
+/// bad `set_policy` statement is refused instead of stopping the writer.
 pub fn enforcer(model: &str, policy: &str) -> Result<Enforcer, casbin::Error> {
-    ready(async {
-        let m = DefaultModel::from_str(model).await?;
-        Enforcer::new(m, StringAdapter::new(policy)).await
-    })
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ready(async {
+            let m = DefaultModel::from_str(model).await?;
+            Enforcer::new(m, StringAdapter::new(policy)).await
+        })
+    }));
+    built.unwrap_or_else(|panic| Err(casbin_panic(panic)))
+}
+
+fn casbin_panic(panic: Box<dyn std::any::Any + Send>) -> casbin::Error {
+    let what = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "the model is not usable".into());
+    casbin::Error::ModelError(casbin::error::ModelError::Other(what))
 }
 
 const ENVIRONMENTS: [&str; 3] = ["dev", "staging", "production"];
@@ -266,14 +280,15 @@ impl Policy {
             cache: Mutex::new(HashMap::new()),
         };
         // A model whose request is not (sub, dom, obj, act) fails here, not at the first use.
-        policy
-            .enforcer
-            .enforce(("admin", "*", "*", "read"))
-            .map_err(|e| {
-                PolicyError::Model(format!(
-                    "cannot answer (role, namespace, environment, action): {e}"
-                ))
-            })?;
+        let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            policy.enforcer.enforce(("admin", "*", "*", "read"))
+        }))
+        .unwrap_or_else(|panic| Err(casbin_panic(panic)));
+        probe.map_err(|e| {
+            PolicyError::Model(format!(
+                "cannot answer (role, namespace, environment, action): {e}"
+            ))
+        })?;
         Ok(policy)
     }
 
@@ -321,7 +336,8 @@ impl Policy {
         allowed
     }
 
-    /// One Casbin `enforce`, without the cache (benchmarks use it).
+    /// One Casbin `enforce`, without the cache (benchmarks use it). A matcher error, or a
+    /// panic inside Casbin, counts as a refusal.
     pub fn enforce_uncached(
         &self,
         role: &str,
@@ -329,9 +345,12 @@ impl Policy {
         environment: &str,
         act: Act,
     ) -> bool {
-        self.enforcer
-            .enforce((role, namespace, environment, act.as_str()))
-            .unwrap_or(false)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.enforcer
+                .enforce((role, namespace, environment, act.as_str()))
+                .unwrap_or(false)
+        }))
+        .unwrap_or(false)
     }
 
     /// Whether an actor holding `grants` may `act` in `namespace` (`"*"`: every namespace) and
@@ -493,6 +512,18 @@ mod tests {
         let mut f = PolicyFiles::builtin();
         f.gates = "[staging]\napprovals = -1".into();
         assert!(matches!(Policy::new(f).unwrap_err(), PolicyError::Gates(_)));
+    }
+
+    #[test]
+    fn a_model_that_makes_casbin_panic_is_refused_not_fatal() {
+        let mut f = PolicyFiles::builtin();
+        f.model = f.model.replace(
+            "e = some(where (p.eft == allow))",
+            "e = !some(where (p.eft == allow))",
+        );
+        let e = Policy::new(f).unwrap_err();
+        assert!(matches!(e, PolicyError::Model(_)), "{e}");
+        assert!(e.to_string().contains("unsupported effect"), "{e}");
     }
 
     #[test]
