@@ -4,11 +4,8 @@
 
 mod common;
 
-use common::{commit, Server};
-use promptledger::client::Client;
-use promptledger::keyfile;
+use common::Server;
 use promptledger::node::DataDir;
-use promptledger::registry::statement::Action;
 use promptledger::server::Config;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,27 +93,58 @@ async fn governance_from_the_command_line() {
     }
     let key = |name: &str| keys[name].clone();
 
-    // Alice writes a prompt with the Rust client (the authoring commands are not here yet).
-    let mut alice = Client::connect(url.clone(), keyfile::read_key(&key("alice")).unwrap())
-        .await
-        .unwrap();
-    alice
-        .submit(Action::CreatePrompt {
-            prompt: "support/greeting".into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    alice
-        .submit(commit("support/greeting", None, "Hello {{customer}}"))
-        .await
-        .unwrap();
-    alice
-        .submit(commit("support/greeting", Some(1), "Hi {{customer}}"))
-        .await
-        .unwrap();
-
+    // Alice writes the prompt from the command line: create, then two versions from files.
     let p = "support/greeting";
+    ok(
+        &cli(
+            &url,
+            Some(&key("alice")),
+            &["prompt", "create", p, "--description", "first line"],
+        )
+        .await,
+        "create",
+    );
+    for (i, text) in ["Hello {{customer}}", "Hi {{customer}}"].iter().enumerate() {
+        let file = tmp.path().join(format!("v{}.txt", i + 1));
+        std::fs::write(&file, text).unwrap();
+        let r = cli(
+            &url,
+            Some(&key("alice")),
+            &[
+                "commit",
+                p,
+                "--template-file",
+                file.to_str().unwrap(),
+                "--model",
+                "gpt-4o",
+                "--param",
+                "temperature=0.2",
+                "--message",
+                "draft",
+            ],
+        )
+        .await;
+        ok(&r, "commit");
+        assert!(
+            r.stdout.contains(&format!("version {}", i + 1)),
+            "{}",
+            r.stdout
+        );
+    }
+    // The content hash the CLI computed is the one anyone can recompute.
+    let mut params = std::collections::BTreeMap::new();
+    params.insert("temperature".to_owned(), serde_json::json!(0.2));
+    let want = promptledger::registry::model::content_hash(
+        "Hi {{customer}}",
+        "gpt-4o",
+        &params,
+        &["customer".to_owned()],
+    );
+    let r = cli(&url, Some(&key("audrey")), &["get", p, "--version", "2"]).await;
+    ok(&r, "get version");
+    assert_eq!(r.stdout, "Hi {{customer}}");
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+
     for env in ["dev"] {
         for v in ["1", "2"] {
             let r = cli(
@@ -261,6 +289,27 @@ async fn governance_from_the_command_line() {
         .unwrap()
         .parse()
         .unwrap();
+
+    // A service-side read with a routing key says which version it got.
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &["get", p, "--env", "production", "--routing-key", "user-1"],
+    )
+    .await;
+    ok(&r, "get with a routing key");
+    assert!(
+        r.stdout == "Hello {{customer}}" || r.stdout == "Hi {{customer}}",
+        "{}",
+        r.stdout
+    );
+    let r = cli(&url, Some(&key("audrey")), &["history", p]).await;
+    ok(&r, "history");
+    assert!(
+        r.stdout.contains("create_prompt") && r.stdout.contains("approve_version"),
+        "{}",
+        r.stdout
+    );
 
     // Compliance: what is live, why it was allowed.
     let r = cli(

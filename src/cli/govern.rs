@@ -89,6 +89,19 @@ pub enum ActorCommand {
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
     },
+    /// Replace an actor's key (an admin, or the actor itself); the old key stops signing.
+    Rotate {
+        name: String,
+        /// The new verifier key (`promptledger keygen` prints it).
+        #[arg(long)]
+        vkey: String,
+    },
+    /// Revoke an actor and all its keys from this entry on. Needs manage_actors.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Replace an actor's role assignments. Needs manage_actors.
     SetRoles {
         name: String,
@@ -133,7 +146,57 @@ pub struct Target {
 }
 
 #[derive(Subcommand)]
+pub enum PromptCommand {
+    /// Create an empty prompt (author).
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum GovernCommand {
+    /// Create prompts.
+    #[command(subcommand)]
+    Prompt(PromptCommand),
+    /// Commit a new version of a prompt on top of its head (author). Variables default to the
+    /// `{{name}}` placeholders of the template.
+    #[command(
+        after_help = "Example:\n  promptledger --key alice.key commit support/greeting --template-file greeting.txt --model gpt-4o --param temperature=0.2 --message \"shorter\""
+    )]
+    Commit {
+        prompt: String,
+        /// The template text (`-` for standard input).
+        #[arg(long)]
+        template_file: PathBuf,
+        #[arg(long)]
+        model: String,
+        /// A model parameter as KEY=JSON (e.g. temperature=0.2, stop='["\\n"]'); repeat.
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, serde_json::Value)>,
+        /// A declared variable; repeat (default: the template's `{{name}}` placeholders).
+        #[arg(long = "variable")]
+        variables: Vec<String>,
+        #[arg(long, default_value = "")]
+        message: String,
+        /// The version this one replaces (default: the current head, read from the server).
+        #[arg(long)]
+        parent: Option<u64>,
+    },
+    /// Print a prompt's template (the reference goes to stderr): what is live in an
+    /// environment (optionally picked by a routing key), or an exact version.
+    Get {
+        prompt: String,
+        #[arg(long = "env", conflicts_with = "version")]
+        environment: Option<Environment>,
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long, requires = "environment")]
+        routing_key: Option<String>,
+    },
+    /// Every event of a prompt, oldest first.
+    History { prompt: String },
     /// Manage actors and see who held which role.
     #[command(subcommand)]
     Actor(ActorCommand),
@@ -217,6 +280,52 @@ pub enum GovernCommand {
         #[arg(long)]
         seq: u64,
     },
+}
+
+fn parse_param(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=JSON"))?;
+    // A bare word that is not JSON is taken as a string.
+    let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+    Ok((k.to_owned(), value))
+}
+
+/// The `{{name}}` placeholders of a template, in order of first appearance.
+fn placeholders(template: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        rest = &rest[start + 2..];
+        let Some(end) = rest.find("}}") else { break };
+        let name = rest[..end].trim();
+        if !name.is_empty() && !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+        rest = &rest[end + 2..];
+    }
+    out
+}
+
+/// The head version of a prompt (None: no version yet).
+async fn head(c: &mut Client, prompt: &str) -> Result<Option<u64>, Status> {
+    let mut token = String::new();
+    let mut last = None;
+    loop {
+        let request = c
+            .authorized(pb::ListVersionsRequest {
+                prompt: prompt.into(),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await?;
+        let page = c.registry().list_versions(request).await?.into_inner();
+        last = page.versions.last().map(|v| v.version).or(last);
+        if page.next_page_token.is_empty() {
+            return Ok(last);
+        }
+        token = page.next_page_token;
+    }
 }
 
 fn parse_split(s: &str) -> Result<Split, String> {
@@ -415,6 +524,155 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
                 })
                 .await?,
             );
+        }
+        GovernCommand::Actor(ActorCommand::Rotate { name, vkey }) => {
+            receipt(
+                &c.submit(Action::RotateKey {
+                    name,
+                    new_key: vkey,
+                })
+                .await?,
+            );
+        }
+        GovernCommand::Actor(ActorCommand::Revoke { name, reason }) => {
+            receipt(&c.submit(Action::RevokeActor { name, reason }).await?);
+        }
+        GovernCommand::Prompt(PromptCommand::Create { name, description }) => {
+            receipt(
+                &c.submit(Action::CreatePrompt {
+                    prompt: name,
+                    description,
+                })
+                .await?,
+            );
+        }
+        GovernCommand::Commit {
+            prompt,
+            template_file,
+            model,
+            params,
+            variables,
+            message,
+            parent,
+        } => {
+            let template = if template_file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&template_file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", template_file.display()))?
+            };
+            let parameters: std::collections::BTreeMap<String, serde_json::Value> =
+                params.into_iter().collect();
+            let variables = if variables.is_empty() {
+                placeholders(&template)
+            } else {
+                variables
+            };
+            let parent_version = match parent {
+                Some(p) => Some(p),
+                None => head(c, &prompt).await?,
+            };
+            let content_hash = promptledger::registry::model::content_hash(
+                &template,
+                &model,
+                &parameters,
+                &variables,
+            );
+            let statement = Some(c.sign(Action::CommitVersion {
+                prompt,
+                parent_version,
+                template,
+                model,
+                parameters,
+                variables,
+                message,
+                content_hash,
+            }));
+            let r = c
+                .registry()
+                .commit_version(pb::CommitVersionRequest { statement })
+                .await?
+                .into_inner();
+            if let Some(rc) = &r.receipt {
+                receipt(rc);
+            }
+            println!("version {} ({})", r.version, r.content_hash);
+        }
+        GovernCommand::Get {
+            prompt,
+            environment,
+            version,
+            routing_key,
+        } => {
+            let r = c
+                .get_prompt(pb::GetPromptRequest {
+                    prompt,
+                    environment: environment
+                        .map(|e| e.as_str().to_owned())
+                        .unwrap_or_default(),
+                    version: version.unwrap_or(0),
+                    content_hash: String::new(),
+                    routing_key: routing_key.unwrap_or_default(),
+                })
+                .await?;
+            print!("{}", r.template);
+            if let Some(reference) = &r.reference {
+                eprintln!(
+                    "{} version {} {} (model {}, deployment {}{}{})",
+                    reference.prompt,
+                    reference.version,
+                    reference.content_hash,
+                    r.model,
+                    reference.deployment_sequence,
+                    if reference.weight > 0 && reference.weight < 100 {
+                        format!(", {}% of routing keys", reference.weight)
+                    } else {
+                        String::new()
+                    },
+                    if reference.break_glass {
+                        ", BREAK-GLASS"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        GovernCommand::History { prompt } => {
+            let mut token = String::new();
+            loop {
+                let request = c
+                    .authorized(pb::ListPromptHistoryRequest {
+                        prompt: prompt.clone(),
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await?;
+                let page = c
+                    .registry()
+                    .list_prompt_history(request)
+                    .await?
+                    .into_inner();
+                for e in &page.events {
+                    println!(
+                        "{:>8} {:>15} {:<20} {:<16} {:>4} {}{}",
+                        e.sequence,
+                        e.timestamp_ms,
+                        e.kind,
+                        e.actor,
+                        if e.version > 0 {
+                            format!("v{}", e.version)
+                        } else {
+                            String::new()
+                        },
+                        e.environment,
+                        if e.break_glass { " BREAK-GLASS" } else { "" }
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
         }
         GovernCommand::Actor(ActorCommand::SetRoles { name, roles }) => {
             receipt(&c.submit(Action::SetActorRoles { name, roles }).await?);
@@ -615,4 +873,35 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_default_to_the_placeholders_in_order() {
+        assert_eq!(
+            placeholders("Hi {{ name }}, about {{order}}: {{name}} {{}} {{open"),
+            vec!["name".to_owned(), "order".to_owned()]
+        );
+        assert!(placeholders("no variables").is_empty());
+    }
+
+    #[test]
+    fn parameters_are_json_or_strings() {
+        assert_eq!(
+            parse_param("temperature=0.2").unwrap(),
+            ("temperature".into(), serde_json::json!(0.2))
+        );
+        assert_eq!(
+            parse_param("stop=[\"a\"]").unwrap().1,
+            serde_json::json!(["a"])
+        );
+        assert_eq!(
+            parse_param("style=terse").unwrap().1,
+            serde_json::json!("terse")
+        );
+        assert!(parse_param("nothing").is_err());
+    }
 }
