@@ -153,7 +153,7 @@ fn main() -> ExitCode {
         Command::Govern(command) => cli::govern::run(cli.client, command),
         Command::Export(args) => cli::audit::export(args),
         Command::VerifyBundle(args) => cli::audit::verify_bundle(args),
-        Command::Audit(command) => cli::audit::audit(cli.client.server(), command),
+        Command::Audit(command) => cli::audit::audit(&cli.client, command),
     };
     match result {
         Ok(code) => code,

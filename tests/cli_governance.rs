@@ -345,6 +345,34 @@ async fn governance_from_the_command_line() {
         );
     }
 
+    // The audit log, filtered, as JSON lines with the signed statements.
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &[
+            "audit",
+            "log",
+            "--prompt",
+            p,
+            "--kind",
+            "promote_version",
+            "--env",
+            "production",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    ok(&r, "audit log");
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "v1, then the rollout: {}", r.stdout);
+    assert_eq!(lines[1]["seq"], rollout_seq);
+    assert_eq!(lines[1]["statement"]["action"]["rollout"][1]["weight"], 10);
+
     // Rollback needs a reason and a version that was live there; break-glass is flagged.
     ok(
         &cli(

@@ -131,9 +131,42 @@ pub fn verify_bundle(args: VerifyBundleArgs) -> Result<ExitCode> {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
+    /// The log's events with filters, oldest first (or newest), as a table or JSON lines.
+    Log(AuditLogArgs),
     /// Check that the server's latest checkpoint extends the one trusted last time (kept in
     /// --state), then trust the new one. Refuses a log that was rolled back, rewritten or forked.
     Verify(AuditVerifyArgs),
+}
+
+#[derive(Args)]
+pub struct AuditLogArgs {
+    #[arg(long)]
+    actor: Option<String>,
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Event kind (commit_version, promote_version, approve_version, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long = "env")]
+    environment: Option<String>,
+    /// Sequence range [from, to).
+    #[arg(long)]
+    from_seq: Option<u64>,
+    #[arg(long)]
+    to_seq: Option<u64>,
+    /// Server time range [since, until), milliseconds since the Unix epoch.
+    #[arg(long)]
+    since_ms: Option<u64>,
+    #[arg(long)]
+    until_ms: Option<u64>,
+    #[arg(long)]
+    newest_first: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// `text` (a table) or `json` (one object per line, with the signed statement).
+    #[arg(long, default_value = "text")]
+    output: String,
 }
 
 #[derive(Args)]
@@ -146,15 +179,91 @@ pub struct AuditVerifyArgs {
     state: PathBuf,
 }
 
-pub fn audit(server: &str, command: AuditCommand) -> Result<ExitCode> {
+pub fn audit(client: &super::govern::ClientArgs, command: AuditCommand) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match command {
-        AuditCommand::Verify(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(audit_verify(server, args))
-        }
+        AuditCommand::Verify(args) => runtime.block_on(audit_verify(client.server(), args)),
+        AuditCommand::Log(args) => runtime.block_on(audit_log(client, args)),
     }
+}
+
+async fn audit_log(client: &super::govern::ClientArgs, args: AuditLogArgs) -> Result<ExitCode> {
+    use promptledger::proto::registry::v1 as pb;
+    if args.output != "text" && args.output != "json" {
+        anyhow::bail!("--output: text or json, got {:?}", args.output);
+    }
+    let mut c = client.connect().await?;
+    let mut q = pb::ListEventsRequest {
+        actor: args.actor.unwrap_or_default(),
+        prompt: args.prompt.unwrap_or_default(),
+        kind: args.kind.unwrap_or_default(),
+        environment: args.environment.unwrap_or_default(),
+        from_sequence: args.from_seq.unwrap_or(0),
+        to_sequence: args.to_seq.unwrap_or(0),
+        from_time_ms: args.since_ms.unwrap_or(0),
+        to_time_ms: args.until_ms.unwrap_or(0),
+        newest_first: args.newest_first,
+        page_size: 1000,
+        page_token: String::new(),
+    };
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let mut shown = 0;
+    'pages: loop {
+        let request = c
+            .authorized(q.clone())
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let page = match c.registry().list_events(request).await {
+            Ok(p) => p.into_inner(),
+            Err(s) => {
+                eprintln!("refused ({:?}): {}", s.code(), s.message());
+                return Ok(ExitCode::from(1));
+            }
+        };
+        for e in &page.events {
+            if shown == limit {
+                break 'pages;
+            }
+            shown += 1;
+            if args.output == "json" {
+                let statement: serde_json::Value =
+                    serde_json::from_str(&e.statement_json).unwrap_or(serde_json::Value::Null);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "seq": e.sequence, "kind": e.kind, "actor": e.actor,
+                        "timestamp_ms": e.timestamp_ms, "prompt": e.prompt,
+                        "version": e.version, "environment": e.environment,
+                        "break_glass": e.break_glass, "leaf_hash": hex::encode(&e.leaf_hash),
+                        "statement": statement,
+                    })
+                );
+            } else {
+                println!(
+                    "{:>8} {:>15} {:<20} {:<16} {:<28} {:>4} {}{}",
+                    e.sequence,
+                    e.timestamp_ms,
+                    e.kind,
+                    e.actor,
+                    e.prompt,
+                    if e.version > 0 {
+                        format!("v{}", e.version)
+                    } else {
+                        String::new()
+                    },
+                    e.environment,
+                    if e.break_glass { " BREAK-GLASS" } else { "" }
+                );
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        q.page_token = page.next_page_token;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit 0: the new checkpoint extends the trusted one (now trusted); 1: it does not.

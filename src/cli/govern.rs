@@ -40,7 +40,7 @@ impl ClientArgs {
         &self.server
     }
 
-    async fn connect(&self) -> Result<Client> {
+    pub async fn connect(&self) -> Result<Client> {
         let key = keyfile::load_key(self.key.as_deref(), "PROMPTLEDGER_KEY")
             .context("your key: pass --key FILE or set PROMPTLEDGER_KEY")?;
         Client::connect(self.server.clone(), key)

@@ -4,6 +4,7 @@
 //! apply), the gates (`governance`), the keyring that follows which actor keys may sign at each
 //! point of the log, and the writer personality that keeps the projection beside the log.
 
+pub mod events;
 pub mod governance;
 pub mod keyring;
 pub mod model;

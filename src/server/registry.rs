@@ -3,10 +3,12 @@
 
 use super::auth::{verify_statement, AuthConfig, Need, Sessions};
 use super::status::ApiError;
+use crate::ledger::entry::Entry;
 use crate::ledger::merkle;
 use crate::policy::{namespace_of, Act};
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_service_server::RegistryService;
+use crate::registry::events::{EventFacts, EventFilter};
 use crate::registry::governance::{self, Decision};
 use crate::registry::model::Environment;
 use crate::registry::personality::{Registry, View, ViewCell};
@@ -847,5 +849,166 @@ impl RegistryService for RegistryApi {
             policy_csv: record.files.policy.clone(),
             gates_toml: record.files.gates.clone(),
         }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let view = self.view.load();
+        self.sessions
+            .check(&request, &view, Need::Everywhere(Act::Read), self.now())?;
+        let r = request.into_inner();
+        let page = page_size(r.page_size)?;
+        let environment = if r.environment.is_empty() {
+            None
+        } else {
+            Some(environment("environment", &r.environment)?)
+        };
+        if r.to_time_ms != 0 && r.to_time_ms < r.from_time_ms {
+            return Err(ApiError::invalid("to_time_ms", "0 or at least from_time_ms").into());
+        }
+        if r.to_sequence != 0 && r.to_sequence < r.from_sequence {
+            return Err(ApiError::invalid("to_sequence", "0 or at least from_sequence").into());
+        }
+        let cursor =
+            if r.page_token.is_empty() {
+                None
+            } else {
+                Some(r.page_token.parse::<u64>().map_err(|_| {
+                    ApiError::invalid("page_token", "a token from a previous response")
+                })?)
+            };
+        let query = EventQuery {
+            filter: EventFilter {
+                actor: Some(r.actor).filter(|s| !s.is_empty()),
+                prompt: Some(r.prompt).filter(|s| !s.is_empty()),
+                kind: Some(r.kind).filter(|s| !s.is_empty()),
+                environment,
+            },
+            from_time_ms: r.from_time_ms,
+            to_time_ms: r.to_time_ms,
+            from_sequence: r.from_sequence,
+            to_sequence: r.to_sequence,
+            newest_first: r.newest_first,
+            page,
+            cursor,
+            // Only what is durable and in the read view.
+            head: view.head,
+        };
+        let store = self.store.clone();
+        let (events, next) = tokio::task::spawn_blocking(move || query.run(&store))
+            .await
+            .map_err(ApiError::internal)??;
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+}
+
+/// Entries one `ListEvents` call reads at most, so a selective filter over a long log answers
+/// in bounded time (with a token to go on).
+const SCAN_BUDGET: u64 = 20_000;
+
+struct EventQuery {
+    filter: EventFilter,
+    from_time_ms: u64,
+    to_time_ms: u64,
+    from_sequence: u64,
+    to_sequence: u64,
+    newest_first: bool,
+    page: usize,
+    cursor: Option<u64>,
+    head: u64,
+}
+
+fn read_entry(store: &Store, seq: u64) -> Result<(Entry, Vec<u8>), ApiError> {
+    let bytes = store
+        .entry(seq)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal(format!("entry {seq} missing")))?;
+    let entry = Entry::decode(&bytes).map_err(ApiError::internal)?;
+    Ok((entry, bytes))
+}
+
+impl EventQuery {
+    /// The first sequence number in `[0, head)` whose timestamp is at least `t` (timestamps
+    /// never decrease along the log), or `head`.
+    fn seq_at_time(&self, store: &Store, t: u64) -> Result<u64, ApiError> {
+        let (mut lo, mut hi) = (0, self.head);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if read_entry(store, mid)?.0.timestamp_ms < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// One page of events and the cursor to continue from (`None`: done).
+    fn run(self, store: &Store) -> Result<(Vec<pb::LedgerEvent>, Option<u64>), ApiError> {
+        let mut lo = self.from_sequence;
+        let mut hi = match self.to_sequence {
+            0 => self.head,
+            n => n.min(self.head),
+        };
+        if self.from_time_ms > 0 {
+            lo = lo.max(self.seq_at_time(store, self.from_time_ms)?);
+        }
+        if self.to_time_ms > 0 {
+            hi = hi.min(self.seq_at_time(store, self.to_time_ms)?);
+        }
+        let mut events = Vec::new();
+        let filter = &self.filter;
+        let keep = |seq: u64, entry: &Entry, bytes: &[u8]| -> Option<pb::LedgerEvent> {
+            let st = Statement::from_payload(&entry.envelope.payload).ok()?;
+            let facts = EventFacts::of(&st);
+            if !filter.matches(&facts) {
+                return None;
+            }
+            Some(pb::LedgerEvent {
+                sequence: seq,
+                kind: facts.kind.to_owned(),
+                actor: facts.actor.to_owned(),
+                timestamp_ms: entry.timestamp_ms,
+                prompt: facts.prompt.unwrap_or_default().to_owned(),
+                version: facts.version.unwrap_or(0),
+                environment: facts
+                    .environment
+                    .map(|e| e.as_str().to_owned())
+                    .unwrap_or_default(),
+                break_glass: facts.break_glass,
+                leaf_hash: merkle::leaf_hash(bytes).to_vec(),
+                statement_json: String::from_utf8_lossy(&entry.envelope.payload).into_owned(),
+            })
+        };
+        if self.newest_first {
+            // Sequence numbers below the cursor, downwards.
+            let mut seq = self.cursor.unwrap_or(hi).min(hi);
+            let stop = seq.saturating_sub(SCAN_BUDGET).max(lo);
+            while seq > stop && events.len() < self.page {
+                seq -= 1;
+                let (entry, bytes) = read_entry(store, seq)?;
+                events.extend(keep(seq, &entry, &bytes));
+            }
+            Ok((events, (seq > lo).then_some(seq)))
+        } else {
+            // Sequence numbers from the cursor, upwards.
+            let mut seq = self.cursor.unwrap_or(lo).max(lo);
+            let stop = seq.saturating_add(SCAN_BUDGET).min(hi);
+            for item in store.entries_from(seq) {
+                if seq >= stop || events.len() >= self.page {
+                    break;
+                }
+                let (_, bytes) = item.map_err(ApiError::internal)?;
+                let entry = Entry::decode(&bytes).map_err(ApiError::internal)?;
+                events.extend(keep(seq, &entry, &bytes));
+                seq += 1;
+            }
+            Ok((events, (seq < hi).then_some(seq)))
+        }
     }
 }
