@@ -173,6 +173,12 @@ pub async fn serve_with_clock(
         (status, task)
     });
 
+    // Watch streams end when shutdown begins (graceful shutdown waits for open streams).
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
     let registry_api = registry::RegistryApi {
         appender: ledger.appender(),
         view: view.clone(),
@@ -181,6 +187,8 @@ pub async fn serve_with_clock(
         auth: config.auth(),
         clock: clock.clone(),
         batcher: crate::sigbatch::SignatureBatcher::start(),
+        heads: ledger.heads(),
+        stopping: stopping_rx,
     };
     let ledger_api = ledger::LedgerApi {
         store: store.clone(),

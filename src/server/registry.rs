@@ -32,6 +32,10 @@ pub struct RegistryApi {
     pub auth: AuthConfig,
     pub clock: Clock,
     pub batcher: SignatureBatcher,
+    /// The writer's durable head: watch streams follow it.
+    pub heads: tokio::sync::watch::Receiver<u64>,
+    /// Becomes true when shutdown begins: watch streams end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 const DEFAULT_PAGE: usize = 50;
@@ -851,6 +855,43 @@ impl RegistryService for RegistryApi {
         }))
     }
 
+    type WatchEventsStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::LedgerEvent, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let view = self.view.load();
+        self.sessions
+            .check(&request, &view, Need::Everywhere(Act::Read), self.now())?;
+        let r = request.into_inner();
+        let filter = EventFilter {
+            actor: Some(r.actor).filter(|s| !s.is_empty()),
+            prompt: Some(r.prompt).filter(|s| !s.is_empty()),
+            kind: Some(r.kind).filter(|s| !s.is_empty()),
+            environment: if r.environment.is_empty() {
+                None
+            } else {
+                Some(environment("environment", &r.environment)?)
+            },
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch_feed(
+            self.store.clone(),
+            self.heads.clone(),
+            self.stopping.clone(),
+            filter,
+            r.from_sequence,
+            tx,
+        ));
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_events(
         &self,
         request: Request<pb::ListEventsRequest>,
@@ -923,6 +964,100 @@ struct EventQuery {
     head: u64,
 }
 
+/// The audit event of an entry, if it is a statement that `filter` keeps.
+fn event_of(
+    filter: &EventFilter,
+    seq: u64,
+    entry: &Entry,
+    bytes: &[u8],
+) -> Option<pb::LedgerEvent> {
+    let st = Statement::from_payload(&entry.envelope.payload).ok()?;
+    let facts = EventFacts::of(&st);
+    if !filter.matches(&facts) {
+        return None;
+    }
+    Some(pb::LedgerEvent {
+        sequence: seq,
+        kind: facts.kind.to_owned(),
+        actor: facts.actor.to_owned(),
+        timestamp_ms: entry.timestamp_ms,
+        prompt: facts.prompt.unwrap_or_default().to_owned(),
+        version: facts.version.unwrap_or(0),
+        environment: facts
+            .environment
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default(),
+        break_glass: facts.break_glass,
+        leaf_hash: merkle::leaf_hash(bytes).to_vec(),
+        statement_json: String::from_utf8_lossy(&entry.envelope.payload).into_owned(),
+    })
+}
+
+/// Events a watch stream may have queued for a slow consumer before its reader waits.
+const WATCH_BUFFER: usize = 256;
+
+/// Feeds a watch stream: reads committed entries from `next` on, up to the durable head, and
+/// waits for the head to move. It reads the store, never the writer, so a slow consumer only
+/// slows its own stream.
+async fn watch_feed(
+    store: Arc<Store>,
+    mut heads: tokio::sync::watch::Receiver<u64>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    filter: EventFilter,
+    mut next: u64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::LedgerEvent, Status>>,
+) {
+    loop {
+        let head = *heads.borrow_and_update();
+        while next < head {
+            let end = head.min(next + 1024);
+            let (store2, filter2, from) = (store.clone(), filter.clone(), next);
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                for item in store2.entries_from(from).take((end - from) as usize) {
+                    let (seq, bytes) = item.map_err(ApiError::internal)?;
+                    let entry = Entry::decode(&bytes).map_err(ApiError::internal)?;
+                    out.extend(event_of(&filter2, seq, &entry, &bytes));
+                }
+                Ok::<_, ApiError>(out)
+            })
+            .await;
+            let events = match chunk {
+                Ok(Ok(events)) => events,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(ApiError::internal(e).into())).await;
+                    return;
+                }
+            };
+            for event in events {
+                // A consumer that does not read must not hold up a shutdown.
+                tokio::select! {
+                    sent = tx.send(Ok(event)) => if sent.is_err() { return }, // it went away
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
+            next = end;
+        }
+        if *stopping.borrow() {
+            let _ = tx
+                .send(Err(Status::unavailable(format!(
+                    "the server is shutting down; resume from sequence {next}"
+                ))))
+                .await;
+            return;
+        }
+        tokio::select! {
+            changed = heads.changed() => if changed.is_err() { return },
+            _ = stopping.changed() => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
 fn read_entry(store: &Store, seq: u64) -> Result<(Entry, Vec<u8>), ApiError> {
     let bytes = store
         .entry(seq)
@@ -962,29 +1097,9 @@ impl EventQuery {
             hi = hi.min(self.seq_at_time(store, self.to_time_ms)?);
         }
         let mut events = Vec::new();
-        let filter = &self.filter;
-        let keep = |seq: u64, entry: &Entry, bytes: &[u8]| -> Option<pb::LedgerEvent> {
-            let st = Statement::from_payload(&entry.envelope.payload).ok()?;
-            let facts = EventFacts::of(&st);
-            if !filter.matches(&facts) {
-                return None;
-            }
-            Some(pb::LedgerEvent {
-                sequence: seq,
-                kind: facts.kind.to_owned(),
-                actor: facts.actor.to_owned(),
-                timestamp_ms: entry.timestamp_ms,
-                prompt: facts.prompt.unwrap_or_default().to_owned(),
-                version: facts.version.unwrap_or(0),
-                environment: facts
-                    .environment
-                    .map(|e| e.as_str().to_owned())
-                    .unwrap_or_default(),
-                break_glass: facts.break_glass,
-                leaf_hash: merkle::leaf_hash(bytes).to_vec(),
-                statement_json: String::from_utf8_lossy(&entry.envelope.payload).into_owned(),
-            })
-        };
+        let keep =
+            |seq: u64, entry: &Entry, bytes: &[u8]| event_of(&self.filter, seq, entry, bytes);
+
         if self.newest_first {
             // Sequence numbers below the cursor, downwards.
             let mut seq = self.cursor.unwrap_or(hi).min(hi);
