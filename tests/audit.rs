@@ -371,3 +371,135 @@ async fn watch_delivers_every_event_once_in_order_across_a_restart_and_never_blo
     );
     server.stop().await;
 }
+
+fn hashes(proof: &[Vec<u8>]) -> Vec<[u8; 32]> {
+    proof
+        .iter()
+        .map(|h| h.as_slice().try_into().unwrap())
+        .collect()
+}
+
+/// Every proof the server serves verifies against roots computed independently from the
+/// entries: inclusion for every entry at its own size and at the latest, consistency between
+/// every size and the latest and between neighbouring sizes, for every tree size up to ~260.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_served_proof_verifies_for_every_tree_size() {
+    use promptledger::ledger::merkle::{self, MemoryTree};
+    use promptledger::proto::ledger::v1 as lpb;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let server = Server::start(Config {
+        data_dir: dir.root.clone(),
+        policy_dir: Some(open_gates(&tmp.path().join("policy"))),
+        ..Config::default()
+    })
+    .await;
+    let mut admin = Client::connect(
+        server.endpoint(),
+        keyfile::read_key(&dir.admin_key()).unwrap(),
+    )
+    .await
+    .unwrap();
+    for (name, role) in [("alice", "author"), ("audrey", "auditor")] {
+        admin
+            .submit(Action::RegisterActor {
+                name: name.into(),
+                key: key(name).public().to_vkey(),
+                roles: vec![role.into()],
+            })
+            .await
+            .unwrap();
+    }
+    let mut alice = Client::connect(server.endpoint(), key("alice"))
+        .await
+        .unwrap();
+    create(&mut alice, "p", 256).await;
+    let mut audrey = Client::connect(server.endpoint(), key("audrey"))
+        .await
+        .unwrap();
+    let size = tree_size(&mut audrey).await;
+    assert!(size >= 260);
+
+    // The leaves, fetched once, and every prefix root computed from them.
+    let mut leaves = Vec::new();
+    for seq in 0..size {
+        let request = audrey
+            .authorized(lpb::GetEntryRequest {
+                sequence: seq,
+                tree_size: 0,
+            })
+            .await
+            .unwrap();
+        let e = audrey
+            .ledger()
+            .get_entry(request)
+            .await
+            .unwrap()
+            .into_inner();
+        leaves.push(merkle::leaf_hash(&e.entry));
+    }
+    let roots: Vec<[u8; 32]> = (0..=size)
+        .map(|n| MemoryTree::from_leaf_hashes(leaves[..n as usize].iter().copied()).root())
+        .collect();
+    let mut checked = 0;
+    for n in 1..=size {
+        for seq in [0, n / 2, n - 1] {
+            let request = audrey
+                .authorized(lpb::GetEntryRequest {
+                    sequence: seq,
+                    tree_size: n,
+                })
+                .await
+                .unwrap();
+            let e = audrey
+                .ledger()
+                .get_entry(request)
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(e.tree_size, n);
+            merkle::verify_inclusion(
+                &leaves[seq as usize],
+                seq,
+                n,
+                &hashes(&e.inclusion_proof),
+                &roots[n as usize],
+            )
+            .unwrap_or_else(|err| panic!("inclusion of {seq} in {n}: {err}"));
+            checked += 1;
+        }
+        for m in [1, n / 2, n - 1].into_iter().filter(|&m| m >= 1) {
+            for new in [n, size] {
+                let p = audrey
+                    .ledger()
+                    .get_consistency_proof(lpb::GetConsistencyProofRequest {
+                        old_tree_size: m,
+                        new_tree_size: new,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                merkle::verify_consistency(
+                    m,
+                    new,
+                    &roots[m as usize],
+                    &roots[new as usize],
+                    &hashes(&p.proof),
+                )
+                .unwrap_or_else(|err| panic!("consistency {m} -> {new}: {err}"));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 2000, "{checked} proofs");
+    // A proof beyond the log is refused, not invented.
+    let beyond = audrey
+        .ledger()
+        .get_consistency_proof(lpb::GetConsistencyProofRequest {
+            old_tree_size: 1,
+            new_tree_size: size + 1,
+        })
+        .await;
+    assert!(beyond.is_err());
+    server.stop().await;
+}
