@@ -503,3 +503,117 @@ async fn every_served_proof_verifies_for_every_tree_size() {
     assert!(beyond.is_err());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_names_every_change_between_two_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let server = Server::start(Config {
+        data_dir: dir.root.clone(),
+        policy_dir: Some(open_gates(&tmp.path().join("policy"))),
+        ..Config::default()
+    })
+    .await;
+    let mut admin = Client::connect(
+        server.endpoint(),
+        keyfile::read_key(&dir.admin_key()).unwrap(),
+    )
+    .await
+    .unwrap();
+    admin
+        .submit(Action::RegisterActor {
+            name: "alice".into(),
+            key: key("alice").public().to_vkey(),
+            roles: vec!["author".into()],
+        })
+        .await
+        .unwrap();
+    let mut alice = Client::connect(server.endpoint(), key("alice"))
+        .await
+        .unwrap();
+    alice
+        .submit(Action::CreatePrompt {
+            prompt: "support/d".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    alice
+        .submit(commit("support/d", None, "Hello {{customer}}\nBye"))
+        .await
+        .unwrap();
+    let template = "Hi {{customer}} about {{order}}\nBye";
+    let mut parameters = std::collections::BTreeMap::new();
+    parameters.insert("temperature".to_owned(), serde_json::json!(0.7));
+    parameters.insert("max_tokens".to_owned(), serde_json::json!(256));
+    let variables = vec!["customer".to_owned(), "order".to_owned()];
+    alice
+        .submit(Action::CommitVersion {
+            prompt: "support/d".into(),
+            parent_version: Some(1),
+            template: template.into(),
+            model: "gpt-4.1".into(),
+            content_hash: promptledger::registry::model::content_hash(
+                template,
+                "gpt-4.1",
+                &parameters,
+                &variables,
+            ),
+            parameters,
+            variables,
+            message: "ask for the order".into(),
+        })
+        .await
+        .unwrap();
+    let request = alice
+        .authorized(pb::DiffVersionsRequest {
+            prompt: "support/d".into(),
+            from_version: 1,
+            to_version: 2,
+        })
+        .await
+        .unwrap();
+    let d = alice
+        .registry()
+        .diff_versions(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.model_changed);
+    let changes: Vec<(&str, &str, &str)> = d
+        .parameters
+        .iter()
+        .map(|p| (p.key.as_str(), p.from_json.as_str(), p.to_json.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        [("max_tokens", "", "256"), ("temperature", "0.2", "0.7")]
+    );
+    assert_eq!(d.variables_added, ["order"]);
+    assert!(d.variables_removed.is_empty());
+    assert!(
+        d.template_diff
+            .contains("-Hello {{customer}}\n+Hi {{customer}} about {{order}}\n"),
+        "{}",
+        d.template_diff
+    );
+    assert!(d.template_diff.contains(" Bye"), "{}", d.template_diff);
+    let request = alice
+        .authorized(pb::DiffVersionsRequest {
+            prompt: "support/d".into(),
+            from_version: 1,
+            to_version: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        alice
+            .registry()
+            .diff_versions(request)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    server.stop().await;
+}

@@ -131,6 +131,23 @@ async fn governance_from_the_command_line() {
             r.stdout
         );
     }
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &["diff", p, "--from", "1", "--to", "2"],
+    )
+    .await;
+    ok(&r, "diff");
+    assert!(
+        r.stdout.contains("-Hello {{customer}}") && r.stdout.contains("+Hi {{customer}}"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("parameter"),
+        "the parameters did not change: {}",
+        r.stdout
+    );
     // The content hash the CLI computed is the one anyone can recompute.
     let mut params = std::collections::BTreeMap::new();
     params.insert("temperature".to_owned(), serde_json::json!(0.2));

@@ -197,6 +197,15 @@ pub enum GovernCommand {
     },
     /// Every event of a prompt, oldest first.
     History { prompt: String },
+    /// What changed between two versions: template (unified diff), model, parameters,
+    /// variables.
+    Diff {
+        prompt: String,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
     /// Manage actors and see who held which role.
     #[command(subcommand)]
     Actor(ActorCommand),
@@ -636,6 +645,46 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
                     }
                 );
             }
+        }
+        GovernCommand::Diff { prompt, from, to } => {
+            let request = c
+                .authorized(pb::DiffVersionsRequest {
+                    prompt,
+                    from_version: from,
+                    to_version: to,
+                })
+                .await?;
+            let d = c.registry().diff_versions(request).await?.into_inner();
+            let (a, b) = (d.from.unwrap_or_default(), d.to.unwrap_or_default());
+            println!(
+                "v{} {} -> v{} {}",
+                a.version, a.content_hash, b.version, b.content_hash
+            );
+            if d.model_changed {
+                println!("model: {} -> {}", a.model, b.model);
+            }
+            for p in &d.parameters {
+                let show = |j: &str| {
+                    if j.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        j.to_owned()
+                    }
+                };
+                println!(
+                    "parameter {}: {} -> {}",
+                    p.key,
+                    show(&p.from_json),
+                    show(&p.to_json)
+                );
+            }
+            if !d.variables_added.is_empty() {
+                println!("variables added: {}", d.variables_added.join(", "));
+            }
+            if !d.variables_removed.is_empty() {
+                println!("variables removed: {}", d.variables_removed.join(", "));
+            }
+            print!("{}", d.template_diff);
         }
         GovernCommand::History { prompt } => {
             let mut token = String::new();

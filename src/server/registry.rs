@@ -855,6 +855,64 @@ impl RegistryService for RegistryApi {
         }))
     }
 
+    async fn diff_versions(
+        &self,
+        request: Request<pb::DiffVersionsRequest>,
+    ) -> Result<Response<pb::DiffVersionsResponse>, Status> {
+        let view = self.view.load();
+        let need = Need::In(Act::Read, namespace_of(&request.get_ref().prompt));
+        self.sessions.check(&request, &view, need, self.now())?;
+        let r = request.into_inner();
+        let prompt = prompt_of(&view, &r.prompt)?;
+        let version = |field: &'static str, n: u64| {
+            if n == 0 {
+                return Err(ApiError::invalid(field, "a version number (1 or more)"));
+            }
+            prompt.version(n).ok_or_else(|| {
+                ApiError::NotFound(format!("prompt {} version {n} not found", r.prompt))
+            })
+        };
+        let (a, b) = (
+            version("from_version", r.from_version)?,
+            version("to_version", r.to_version)?,
+        );
+        let template_diff = if a.template == b.template {
+            String::new()
+        } else {
+            similar::TextDiff::from_lines(&a.template, &b.template)
+                .unified_diff()
+                .header(
+                    &format!("{} v{}", r.prompt, a.number),
+                    &format!("{} v{}", r.prompt, b.number),
+                )
+                .to_string()
+        };
+        let json = |v: Option<&serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_default();
+        let keys: std::collections::BTreeSet<&String> =
+            a.parameters.keys().chain(b.parameters.keys()).collect();
+        let parameters = keys
+            .into_iter()
+            .filter(|k| a.parameters.get(*k) != b.parameters.get(*k))
+            .map(|k| pb::ParameterChange {
+                key: k.clone(),
+                from_json: json(a.parameters.get(k)),
+                to_json: json(b.parameters.get(k)),
+            })
+            .collect();
+        let minus = |x: &[String], y: &[String]| -> Vec<String> {
+            x.iter().filter(|v| !y.contains(v)).cloned().collect()
+        };
+        Ok(Response::new(pb::DiffVersionsResponse {
+            from: Some(version_pb(&r.prompt, a)),
+            to: Some(version_pb(&r.prompt, b)),
+            template_diff,
+            model_changed: a.model != b.model,
+            parameters,
+            variables_added: minus(&b.variables, &a.variables),
+            variables_removed: minus(&a.variables, &b.variables),
+        }))
+    }
+
     type WatchEventsStream = std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<pb::LedgerEvent, Status>> + Send + 'static>,
     >;
