@@ -256,20 +256,20 @@ async fn register_service(admin: &mut Client) {
 /// Reads a watch stream until `until` (exclusive) is reached or it ends; returns the sequence
 /// numbers seen.
 async fn read_watch(
-    stream: &mut tonic::Streaming<pb::LedgerEvent>,
+    stream: &mut tonic::Streaming<pb::WatchEventsResponse>,
     until: u64,
     seen: &mut Vec<u64>,
 ) {
     while seen.last().is_none_or(|&s| s + 1 < until) {
         match tokio::time::timeout(std::time::Duration::from_secs(30), stream.message()).await {
-            Ok(Ok(Some(e))) => seen.push(e.sequence),
+            Ok(Ok(Some(e))) => seen.push(e.event.unwrap().sequence),
             Ok(Ok(None)) | Ok(Err(_)) => return,
             Err(_) => panic!("the watch stalled at {:?} waiting for {until}", seen.last()),
         }
     }
 }
 
-async fn watch(c: &mut Client, from: u64) -> tonic::Streaming<pb::LedgerEvent> {
+async fn watch(c: &mut Client, from: u64) -> tonic::Streaming<pb::WatchEventsResponse> {
     let request = c
         .authorized(pb::WatchEventsRequest {
             from_sequence: from,

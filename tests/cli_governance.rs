@@ -36,6 +36,24 @@ async fn cli(server: &str, key: Option<&Path>, args: &[&str]) -> Run {
     }
 }
 
+/// Runs the binary configured only through the environment, as the CI recipe in
+/// docs/ci-recipe.md does: PROMPTLEDGER_SERVER and PROMPTLEDGER_KEY (the key itself).
+async fn cli_from_env(server: &str, key_text: &str, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptledger"));
+    cmd.args(args)
+        .env("PROMPTLEDGER_SERVER", server)
+        .env("PROMPTLEDGER_KEY", key_text)
+        .env_remove("PROMPTLEDGER_KEY_FILE");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 fn ok(r: &Run, what: &str) {
     assert_eq!(r.code, 0, "{what}: {}{}", r.stdout, r.stderr);
 }
@@ -200,6 +218,28 @@ async fn governance_from_the_command_line() {
         r.stderr
     );
 
+    // The CI recipe: the pipeline's key comes from a secret environment variable.
+    let ci_key = std::fs::read_to_string(key("ci")).unwrap();
+    let r = cli_from_env(
+        &url,
+        ci_key.trim(),
+        &[
+            "evaluate",
+            p,
+            "--version",
+            "1",
+            "--suite",
+            "smoke",
+            "--score",
+            "1",
+            "--threshold",
+            "1",
+            "--evidence-uri",
+            "https://ci.example/run/1",
+        ],
+    )
+    .await;
+    ok(&r, "CI recipe: evaluate");
     for v in ["1", "2"] {
         ok(
             &cli(

@@ -914,7 +914,11 @@ impl RegistryService for RegistryApi {
     }
 
     type WatchEventsStream = std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<pb::LedgerEvent, Status>> + Send + 'static>,
+        Box<
+            dyn futures_util::Stream<Item = Result<pb::WatchEventsResponse, Status>>
+                + Send
+                + 'static,
+        >,
     >;
 
     async fn watch_events(
@@ -1063,7 +1067,7 @@ async fn watch_feed(
     mut stopping: tokio::sync::watch::Receiver<bool>,
     filter: EventFilter,
     mut next: u64,
-    tx: tokio::sync::mpsc::Sender<Result<pb::LedgerEvent, Status>>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
 ) {
     loop {
         let head = *heads.borrow_and_update();
@@ -1094,7 +1098,7 @@ async fn watch_feed(
             for event in events {
                 // A consumer that does not read must not hold up a shutdown.
                 tokio::select! {
-                    sent = tx.send(Ok(event)) => if sent.is_err() { return }, // it went away
+                    sent = tx.send(Ok(pb::WatchEventsResponse { event: Some(event) })) => if sent.is_err() { return }, // it went away
                     _ = stopping.wait_for(|s| *s) => return,
                 }
             }
