@@ -23,6 +23,39 @@ fn open_gates(dir: &std::path::Path) -> std::path::PathBuf {
     dir.to_owned()
 }
 
+/// A server on a new ledger (shipped roles, gates that ask for nothing) with `actors`
+/// registered by its admin: the data directory, the config (to restart it), the server and the
+/// admin's client.
+async fn started(
+    tmp: &std::path::Path,
+    actors: &[(&str, &str)],
+) -> (DataDir, Config, Server, Client) {
+    let dir = DataDir::new(tmp.join("data"));
+    let config = Config {
+        data_dir: dir.root.clone(),
+        policy_dir: Some(open_gates(&tmp.join("policy"))),
+        ..Config::default()
+    };
+    let server = Server::start(config.clone()).await;
+    let mut admin = Client::connect(
+        server.endpoint(),
+        keyfile::read_key(&dir.admin_key()).unwrap(),
+    )
+    .await
+    .unwrap();
+    for &(name, role) in actors {
+        admin
+            .submit(Action::RegisterActor {
+                name: name.into(),
+                key: key(name).public().to_vkey(),
+                roles: vec![role.into()],
+            })
+            .await
+            .unwrap();
+    }
+    (dir, config, server, admin)
+}
+
 /// Every event of a filtered query, paging with `page_size`.
 async fn all_pages(c: &mut Client, mut q: pb::ListEventsRequest) -> Vec<u64> {
     let mut out = Vec::new();
@@ -46,33 +79,15 @@ async fn all_pages(c: &mut Client, mut q: pb::ListEventsRequest) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_return_exactly_what_a_brute_force_scan_finds() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path().join("data"));
-    let server = Server::start(Config {
-        data_dir: dir.root.clone(),
-        policy_dir: Some(open_gates(&tmp.path().join("policy"))),
-        ..Config::default()
-    })
-    .await;
-    let url = server.endpoint();
-    let mut admin = Client::connect(url.clone(), keyfile::read_key(&dir.admin_key()).unwrap())
-        .await
-        .unwrap();
-    for (name, role) in [
+    let actors = [
         ("alice", "author"),
         ("amir", "author"),
         ("bob", "reviewer"),
         ("dora", "deployer"),
         ("audrey", "auditor"),
-    ] {
-        admin
-            .submit(Action::RegisterActor {
-                name: name.into(),
-                key: key(name).public().to_vkey(),
-                roles: vec![role.into()],
-            })
-            .await
-            .unwrap();
-    }
+    ];
+    let (dir, _, server, mut admin) = started(tmp.path(), &actors).await;
+    let url = server.endpoint();
     let c = |name: &str| Client::connect(url.clone(), key(name));
     let (mut alice, mut amir, mut bob, mut dora) = (
         c("alice").await.unwrap(),
@@ -298,29 +313,8 @@ async fn create(c: &mut Client, tag: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_delivers_every_event_once_in_order_across_a_restart_and_never_blocks_writers() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path().join("data"));
-    let config = Config {
-        data_dir: dir.root.clone(),
-        policy_dir: Some(open_gates(&tmp.path().join("policy"))),
-        ..Config::default()
-    };
-    let server = Server::start(config.clone()).await;
-    let mut admin = Client::connect(
-        server.endpoint(),
-        keyfile::read_key(&dir.admin_key()).unwrap(),
-    )
-    .await
-    .unwrap();
-    for (name, role) in [("alice", "author"), ("audrey", "auditor")] {
-        admin
-            .submit(Action::RegisterActor {
-                name: name.into(),
-                key: key(name).public().to_vkey(),
-                roles: vec![role.into()],
-            })
-            .await
-            .unwrap();
-    }
+    let (_dir, config, server, _admin) =
+        started(tmp.path(), &[("alice", "author"), ("audrey", "auditor")]).await;
     let mut alice = Client::connect(server.endpoint(), key("alice"))
         .await
         .unwrap();
@@ -387,29 +381,8 @@ async fn every_served_proof_verifies_for_every_tree_size() {
     use promptledger::ledger::merkle::{self, MemoryTree};
     use promptledger::proto::ledger::v1 as lpb;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path().join("data"));
-    let server = Server::start(Config {
-        data_dir: dir.root.clone(),
-        policy_dir: Some(open_gates(&tmp.path().join("policy"))),
-        ..Config::default()
-    })
-    .await;
-    let mut admin = Client::connect(
-        server.endpoint(),
-        keyfile::read_key(&dir.admin_key()).unwrap(),
-    )
-    .await
-    .unwrap();
-    for (name, role) in [("alice", "author"), ("audrey", "auditor")] {
-        admin
-            .submit(Action::RegisterActor {
-                name: name.into(),
-                key: key(name).public().to_vkey(),
-                roles: vec![role.into()],
-            })
-            .await
-            .unwrap();
-    }
+    let (_dir, _, server, _admin) =
+        started(tmp.path(), &[("alice", "author"), ("audrey", "auditor")]).await;
     let mut alice = Client::connect(server.endpoint(), key("alice"))
         .await
         .unwrap();
@@ -507,27 +480,7 @@ async fn every_served_proof_verifies_for_every_tree_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_names_every_change_between_two_versions() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(tmp.path().join("data"));
-    let server = Server::start(Config {
-        data_dir: dir.root.clone(),
-        policy_dir: Some(open_gates(&tmp.path().join("policy"))),
-        ..Config::default()
-    })
-    .await;
-    let mut admin = Client::connect(
-        server.endpoint(),
-        keyfile::read_key(&dir.admin_key()).unwrap(),
-    )
-    .await
-    .unwrap();
-    admin
-        .submit(Action::RegisterActor {
-            name: "alice".into(),
-            key: key("alice").public().to_vkey(),
-            roles: vec!["author".into()],
-        })
-        .await
-        .unwrap();
+    let (_dir, _, server, _admin) = started(tmp.path(), &[("alice", "author")]).await;
     let mut alice = Client::connect(server.endpoint(), key("alice"))
         .await
         .unwrap();
