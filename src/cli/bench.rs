@@ -34,6 +34,8 @@ enum Which {
     Governance(super::bench_governance::GovernanceArgs),
     /// The state root's cost per commit group as the registry grows.
     State(super::bench_state::StateArgs),
+    /// ListEvents latency with filters on a large registry ledger.
+    Audit(super::bench_audit::AuditArgs),
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -43,6 +45,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Which::Nats(a) => super::bench_nats::run(a),
         Which::Governance(a) => super::bench_governance::run(a),
         Which::State(a) => super::bench_state::run(a),
+        Which::Audit(a) => super::bench_audit::run(a),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod bench;
+mod bench_audit;
 mod bench_governance;
 mod bench_grpc;
 mod bench_nats;
