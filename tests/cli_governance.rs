@@ -25,7 +25,9 @@ async fn cli(server: &str, key: Option<&Path>, args: &[&str]) -> Run {
     }
     cmd.args(args)
         .env_remove("PROMPTLEDGER_KEY")
-        .env_remove("PROMPTLEDGER_KEY_FILE");
+        .env_remove("PROMPTLEDGER_KEY_FILE")
+        .env_remove("PROMPTLEDGER_CLIENT_CONFIG")
+        .env("XDG_CONFIG_HOME", "/nonexistent");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
@@ -505,6 +507,38 @@ async fn governance_from_the_command_line() {
     .await;
     ok(&r, "policy set");
     assert!(r.stdout.contains("is in force"), "{}", r.stdout);
+
+    // Server and key from a client config file alone.
+    let config = tmp.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{url}\"\nkey_file = \"{}\"\n",
+            key("audrey").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptledger"));
+    cmd.args([
+        "--client-config",
+        config.to_str().unwrap(),
+        "live",
+        p,
+        "--env",
+        "production",
+    ])
+    .env_remove("PROMPTLEDGER_KEY")
+    .env_remove("PROMPTLEDGER_KEY_FILE")
+    .env_remove("PROMPTLEDGER_SERVER");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BREAK-GLASS"));
 
     // No key: a usage error, exit 2.
     let r = cli(&url, None, &["live", p, "--env", "production"]).await;

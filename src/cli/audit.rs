@@ -184,7 +184,7 @@ pub fn audit(client: &super::govern::ClientArgs, command: AuditCommand) -> Resul
         .enable_all()
         .build()?;
     match command {
-        AuditCommand::Verify(args) => runtime.block_on(audit_verify(client.server(), args)),
+        AuditCommand::Verify(args) => runtime.block_on(audit_verify(&client.server()?, args)),
         AuditCommand::Log(args) => runtime.block_on(audit_log(client, args)),
     }
 }

@@ -18,34 +18,76 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tonic::{Code, Status};
 
-/// Where the server is and who you are.
+/// Where the server is and who you are: flags, then environment, then the client config file,
+/// then defaults.
 #[derive(Args, Clone)]
 pub struct ClientArgs {
-    /// Server address.
-    #[arg(
-        long,
-        env = "PROMPTLEDGER_SERVER",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    server: String,
+    /// Server address [default: http://127.0.0.1:50051].
+    #[arg(long, env = "PROMPTLEDGER_SERVER", global = true)]
+    server: Option<String>,
     /// Your secret key file (`promptledger keygen` writes one). PROMPTLEDGER_KEY, holding the
     /// key itself, takes precedence.
     #[arg(long, env = "PROMPTLEDGER_KEY_FILE", global = true)]
     key: Option<PathBuf>,
+    /// Client config file (TOML: `server`, `key_file`) [default:
+    /// $XDG_CONFIG_HOME/promptledger/client.toml or ~/.config/promptledger/client.toml, if it
+    /// exists].
+    #[arg(long, env = "PROMPTLEDGER_CLIENT_CONFIG", global = true)]
+    client_config: Option<PathBuf>,
 }
 
+/// The client config file.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    server: Option<String>,
+    key_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
 impl ClientArgs {
-    pub fn server(&self) -> &str {
-        &self.server
+    fn file(&self) -> Result<ClientFile> {
+        let path = match &self.client_config {
+            Some(p) => p.clone(),
+            None => {
+                let base = std::env::var_os("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+                match base.map(|b| b.join("promptledger/client.toml")) {
+                    Some(p) if p.exists() => p,
+                    _ => return Ok(ClientFile::default()),
+                }
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The server address: flag or environment, else the config file, else the default.
+    pub fn server(&self) -> Result<String> {
+        Ok(match &self.server {
+            Some(s) => s.clone(),
+            None => self
+                .file()?
+                .server
+                .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+        })
     }
 
     pub async fn connect(&self) -> Result<Client> {
-        let key = keyfile::load_key(self.key.as_deref(), "PROMPTLEDGER_KEY")
-            .context("your key: pass --key FILE or set PROMPTLEDGER_KEY")?;
-        Client::connect(self.server.clone(), key)
+        let key_file = match &self.key {
+            Some(k) => Some(k.clone()),
+            None => self.file()?.key_file,
+        };
+        let key = keyfile::load_key(key_file.as_deref(), "PROMPTLEDGER_KEY").context(
+            "your key: pass --key FILE, set PROMPTLEDGER_KEY, or key_file in the client config",
+        )?;
+        let server = self.server()?;
+        Client::connect(server.clone(), key)
             .await
-            .map_err(|s| anyhow::anyhow!("connecting to {}: {}", self.server, s.message()))
+            .map_err(|s| anyhow::anyhow!("connecting to {server}: {}", s.message()))
     }
 }
 
