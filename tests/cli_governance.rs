@@ -432,6 +432,34 @@ async fn governance_from_the_command_line() {
     assert_eq!(lines[1]["seq"], rollout_seq);
     assert_eq!(lines[1]["statement"]["action"]["rollout"][1]["weight"], 10);
 
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &[
+            "--output",
+            "json",
+            "why",
+            p,
+            "--seq",
+            &rollout_seq.to_string(),
+        ],
+    )
+    .await;
+    ok(&r, "why as JSON");
+    let why: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(why["deployment"]["sequence"], rollout_seq);
+    assert_eq!(why["deployment"]["splits"][1]["weight"], 10);
+    assert!(why["deployment"]["decision"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["passed"] == true));
+    assert!(why["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "approve_version" && e["actor"] == "rita"));
+
     // Rollback needs a reason and a version that was live there; break-glass is flagged.
     ok(
         &cli(

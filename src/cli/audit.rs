@@ -164,9 +164,6 @@ pub struct AuditLogArgs {
     /// Stop after this many events.
     #[arg(long)]
     limit: Option<usize>,
-    /// `text` (a table) or `json` (one object per line, with the signed statement).
-    #[arg(long, default_value = "text")]
-    output: String,
 }
 
 #[derive(Args)]
@@ -191,9 +188,7 @@ pub fn audit(client: &super::govern::ClientArgs, command: AuditCommand) -> Resul
 
 async fn audit_log(client: &super::govern::ClientArgs, args: AuditLogArgs) -> Result<ExitCode> {
     use promptledger::proto::registry::v1 as pb;
-    if args.output != "text" && args.output != "json" {
-        anyhow::bail!("--output: text or json, got {:?}", args.output);
-    }
+    let json = client.output() == super::govern::Output::Json;
     let mut c = client.connect().await?;
     let mut q = pb::ListEventsRequest {
         actor: args.actor.unwrap_or_default(),
@@ -227,7 +222,7 @@ async fn audit_log(client: &super::govern::ClientArgs, args: AuditLogArgs) -> Re
                 break 'pages;
             }
             shown += 1;
-            if args.output == "json" {
+            if json {
                 let statement: serde_json::Value =
                     serde_json::from_str(&e.statement_json).unwrap_or(serde_json::Value::Null);
                 println!(

@@ -34,6 +34,15 @@ pub struct ClientArgs {
     /// exists].
     #[arg(long, env = "PROMPTLEDGER_CLIENT_CONFIG", global = true)]
     client_config: Option<PathBuf>,
+    /// Output of client commands: `text` for people, `json` (one object per line) for scripts.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 /// The client config file.
@@ -47,6 +56,10 @@ struct ClientFile {
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
 impl ClientArgs {
+    pub fn output(&self) -> Output {
+        self.output
+    }
+
     fn file(&self) -> Result<ClientFile> {
         let path = match &self.client_config {
             Some(p) => p.clone(),
@@ -400,7 +413,7 @@ pub fn run(client: ClientArgs, command: GovernCommand) -> Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let mut c = client.connect().await?;
-        match execute(&mut c, command).await {
+        match execute(&mut c, client.output, command).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(Refusal::Status(s)) => {
                 eprintln!("refused ({:?}): {}", s.code(), s.message());
@@ -434,7 +447,18 @@ impl From<std::io::Error> for Refusal {
     }
 }
 
-fn receipt(r: &pb::Receipt) {
+fn receipt(out: Output, r: &pb::Receipt) {
+    if out == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "sequence": r.sequence,
+                "leaf_hash": hex::encode(&r.leaf_hash),
+                "duplicate": r.duplicate,
+            })
+        );
+        return;
+    }
     println!(
         "recorded at sequence {}{}",
         r.sequence,
@@ -476,6 +500,37 @@ async fn content_hash(c: &mut Client, prompt: &str, version: u64) -> Result<Stri
         .version
         .map(|v| v.content_hash)
         .unwrap_or_default())
+}
+
+fn deployment_json(d: &pb::Deployment) -> serde_json::Value {
+    serde_json::json!({
+        "prompt": d.prompt,
+        "environment": d.environment,
+        "version": d.version,
+        "splits": d.splits.iter().map(|s| serde_json::json!({"version": s.version, "weight": s.weight})).collect::<Vec<_>>(),
+        "sequence": d.sequence,
+        "timestamp_ms": d.timestamp_ms,
+        "actor": d.actor,
+        "rollback": d.rollback,
+        "break_glass": d.break_glass,
+        "reason": d.reason,
+        "decision": d.decision.as_ref().map(|dec| serde_json::json!({
+            "policy_version": dec.policy_version,
+            "policy_sequence": dec.policy_sequence,
+            "break_glass_reason": dec.break_glass_reason,
+            "gates": dec.gates.iter().map(|g| serde_json::json!({
+                "gate": g.gate, "passed": g.passed, "evidence": g.evidence, "detail": g.detail,
+            })).collect::<Vec<_>>(),
+        })),
+    })
+}
+
+fn show_deployment(out: Output, d: &pb::Deployment) {
+    if out == Output::Json {
+        println!("{}", deployment_json(d));
+    } else {
+        print_deployment(d);
+    }
 }
 
 fn print_deployment(d: &pb::Deployment) {
@@ -525,6 +580,7 @@ fn print_deployment(d: &pb::Deployment) {
 /// method of its `kind`.
 async fn deployment_write(
     c: &mut Client,
+    out: Output,
     target: &Target,
     kind: &str,
     action: impl FnOnce(u64) -> Action,
@@ -556,18 +612,19 @@ async fn deployment_write(
         }
     };
     if let Some(rc) = &receipt_pb {
-        receipt(rc);
+        receipt(out, rc);
     }
     if let Some(d) = &deployment {
-        print_deployment(d);
+        show_deployment(out, d);
     }
     Ok(())
 }
 
-async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> {
+async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<(), Refusal> {
     match command {
         GovernCommand::Actor(ActorCommand::Register { name, vkey, roles }) => {
             receipt(
+                out,
                 &c.submit(Action::RegisterActor {
                     name,
                     key: vkey,
@@ -578,6 +635,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
         }
         GovernCommand::Actor(ActorCommand::Rotate { name, vkey }) => {
             receipt(
+                out,
                 &c.submit(Action::RotateKey {
                     name,
                     new_key: vkey,
@@ -586,10 +644,11 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
             );
         }
         GovernCommand::Actor(ActorCommand::Revoke { name, reason }) => {
-            receipt(&c.submit(Action::RevokeActor { name, reason }).await?);
+            receipt(out, &c.submit(Action::RevokeActor { name, reason }).await?);
         }
         GovernCommand::Prompt(PromptCommand::Create { name, description }) => {
             receipt(
+                out,
                 &c.submit(Action::CreatePrompt {
                     prompt: name,
                     description,
@@ -645,7 +704,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
                 .await?
                 .into_inner();
             if let Some(rc) = &r.receipt {
-                receipt(rc);
+                receipt(out, rc);
             }
             println!("version {} ({})", r.version, r.content_hash);
         }
@@ -743,7 +802,17 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
                     .list_prompt_history(request)
                     .await?
                     .into_inner();
-                for e in &page.events {
+                for e in page.events.iter().filter(|_| out == Output::Json) {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "sequence": e.sequence, "kind": e.kind, "actor": e.actor,
+                            "timestamp_ms": e.timestamp_ms, "version": e.version,
+                            "environment": e.environment, "break_glass": e.break_glass,
+                        })
+                    );
+                }
+                for e in page.events.iter().filter(|_| out == Output::Text) {
                     println!(
                         "{:>8} {:>15} {:<20} {:<16} {:>4} {}{}",
                         e.sequence,
@@ -766,7 +835,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
             }
         }
         GovernCommand::Actor(ActorCommand::SetRoles { name, roles }) => {
-            receipt(&c.submit(Action::SetActorRoles { name, roles }).await?);
+            receipt(out, &c.submit(Action::SetActorRoles { name, roles }).await?);
         }
         GovernCommand::Actor(ActorCommand::Roles { at, actor }) => {
             let mut token = String::new();
@@ -784,7 +853,16 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
                     .list_role_assignments(request)
                     .await?
                     .into_inner();
-                for a in &page.assignments {
+                for a in page.assignments.iter().filter(|_| out == Output::Json) {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "actor": a.actor, "roles": a.roles, "revoked": a.revoked,
+                            "at_sequence": page.at_sequence,
+                        })
+                    );
+                }
+                for a in page.assignments.iter().filter(|_| out == Output::Text) {
                     println!(
                         "{:<24} {}{}",
                         a.actor,
@@ -821,7 +899,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
         GovernCommand::Policy(PolicyCommand::Set { dir }) => {
             let files = PolicyFiles::read_dir(&dir)?;
             let version = files.version();
-            receipt(&c.submit(Action::SetPolicy { files }).await?);
+            receipt(out, &c.submit(Action::SetPolicy { files }).await?);
             println!("policy {version} is in force");
         }
         GovernCommand::Evaluate {
@@ -844,6 +922,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
             };
             let evaluator = evaluator.unwrap_or_else(|| c.actor().to_owned());
             receipt(
+                out,
                 &c.submit(Action::RecordEvaluation {
                     prompt,
                     version,
@@ -862,6 +941,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
         GovernCommand::Approve(t) => {
             let content_hash = content_hash(c, &t.prompt, t.version).await?;
             receipt(
+                out,
                 &c.submit(Action::ApproveVersion {
                     prompt: t.prompt,
                     version: t.version,
@@ -873,6 +953,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
         }
         GovernCommand::RevokeApproval { target, reason } => {
             receipt(
+                out,
                 &c.submit(Action::RevokeApproval {
                     prompt: target.prompt,
                     version: target.version,
@@ -884,23 +965,27 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
         }
         GovernCommand::Promote { target, weights } => {
             let t = &target;
-            deployment_write(c, t, "promote_version", |expected| Action::PromoteVersion {
-                prompt: t.prompt.clone(),
-                version: t.version,
-                environment: t.environment,
-                rollout: weights,
-                expected_deployment: Some(expected),
+            deployment_write(c, out, t, "promote_version", |expected| {
+                Action::PromoteVersion {
+                    prompt: t.prompt.clone(),
+                    version: t.version,
+                    environment: t.environment,
+                    rollout: weights,
+                    expected_deployment: Some(expected),
+                }
             })
             .await?;
         }
         GovernCommand::Rollback { target, reason } => {
             let t = &target;
-            deployment_write(c, t, "rollback_prompt", |expected| Action::RollbackPrompt {
-                prompt: t.prompt.clone(),
-                version: t.version,
-                environment: t.environment,
-                reason,
-                expected_deployment: Some(expected),
+            deployment_write(c, out, t, "rollback_prompt", |expected| {
+                Action::RollbackPrompt {
+                    prompt: t.prompt.clone(),
+                    version: t.version,
+                    environment: t.environment,
+                    reason,
+                    expected_deployment: Some(expected),
+                }
             })
             .await?;
         }
@@ -910,7 +995,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
             weights,
         } => {
             let t = &target;
-            deployment_write(c, t, "break_glass_promote", |expected| {
+            deployment_write(c, out, t, "break_glass_promote", |expected| {
                 Action::BreakGlassPromote {
                     prompt: t.prompt.clone(),
                     version: t.version,
@@ -938,7 +1023,7 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
                 .await?;
             let d = c.registry().get_deployment(request).await?.into_inner();
             if let Some(d) = &d.deployment {
-                print_deployment(d);
+                show_deployment(out, d);
             }
         }
         GovernCommand::Why { prompt, seq } => {
@@ -949,6 +1034,24 @@ async fn execute(c: &mut Client, command: GovernCommand) -> Result<(), Refusal> 
                 })
                 .await?;
             let why = c.registry().explain_deployment(request).await?.into_inner();
+            if out == Output::Json {
+                let evidence: Vec<serde_json::Value> = why
+                    .evidence
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "sequence": e.sequence, "kind": e.kind, "actor": e.actor,
+                            "timestamp_ms": e.timestamp_ms, "summary": e.summary,
+                        })
+                    })
+                    .collect();
+                let deployment = why.deployment.as_ref().map(deployment_json);
+                println!(
+                    "{}",
+                    serde_json::json!({"deployment": deployment, "evidence": evidence})
+                );
+                return Ok(());
+            }
             if let Some(d) = &why.deployment {
                 print_deployment(d);
             }
