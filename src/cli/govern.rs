@@ -341,8 +341,11 @@ pub enum GovernCommand {
     Why {
         prompt: String,
         /// Its sequence number (`live` shows it).
-        #[arg(long)]
-        seq: u64,
+        #[arg(long, required_unless_present = "environment")]
+        seq: Option<u64>,
+        /// Or: the deployment live in this environment now.
+        #[arg(long = "env", conflicts_with = "seq")]
+        environment: Option<Environment>,
     },
 }
 
@@ -1026,12 +1029,25 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                 show_deployment(out, d);
             }
         }
-        GovernCommand::Why { prompt, seq } => {
+        GovernCommand::Why {
+            prompt,
+            seq,
+            environment,
+        } => {
+            let sequence = match (seq, environment) {
+                (Some(seq), _) => seq,
+                (None, Some(env)) => match live_seq(c, &prompt, env).await? {
+                    0 => {
+                        return Err(Refusal::Status(Status::not_found(format!(
+                            "nothing of {prompt} is live in {env}"
+                        ))))
+                    }
+                    seq => seq,
+                },
+                (None, None) => unreachable!("clap requires one"),
+            };
             let request = c
-                .authorized(pb::ExplainDeploymentRequest {
-                    prompt,
-                    sequence: seq,
-                })
+                .authorized(pb::ExplainDeploymentRequest { prompt, sequence })
                 .await?;
             let why = c.registry().explain_deployment(request).await?.into_inner();
             if out == Output::Json {
