@@ -148,7 +148,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(args),
         Command::Serve(args) => cli::serve(args),
         Command::Rebuild { data_dir } => cli::rebuild(&data_dir),
-        Command::Tail(args) => cli::tail::run(args),
+        Command::Tail(args) => cli::tail::run(args, cli.client.output()),
         Command::Keygen(args) => cli::govern::keygen(args),
         Command::Govern(command) => cli::govern::run(cli.client, command),
         Command::Export(args) => cli::audit::export(args),

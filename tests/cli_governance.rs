@@ -501,6 +501,49 @@ async fn governance_from_the_command_line() {
         r.stdout
     );
 
+    // CSV for lists and records; refused (usage, exit 2) where it makes no sense.
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &["--output", "csv", "actor", "roles"],
+    )
+    .await;
+    ok(&r, "roles as CSV");
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("actor,roles,revoked,at_sequence"));
+    assert!(
+        lines.any(|l| l.starts_with("dora,deployer,false,")),
+        "{}",
+        r.stdout
+    );
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &[
+            "--output",
+            "csv",
+            "audit",
+            "log",
+            "--kind",
+            "rollback_prompt",
+        ],
+    )
+    .await;
+    ok(&r, "audit log as CSV");
+    assert_eq!(
+        r.stdout.lines().count(),
+        2,
+        "a header and the one rollback: {}",
+        r.stdout
+    );
+    let r = cli(
+        &url,
+        Some(&key("audrey")),
+        &["--output", "csv", "why", p, "--env", "production"],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
     // Who held which role; the policy; a policy change by the admin.
     let r = cli(&url, Some(&key("audrey")), &["actor", "roles"]).await;
     ok(&r, "roles");

@@ -189,6 +189,20 @@ pub fn audit(client: &super::govern::ClientArgs, command: AuditCommand) -> Resul
 async fn audit_log(client: &super::govern::ClientArgs, args: AuditLogArgs) -> Result<ExitCode> {
     use promptledger::proto::registry::v1 as pb;
     let json = client.output() == super::govern::Output::Json;
+    let mut table = match client.output() {
+        super::govern::Output::Csv => Some(super::govern::Csv::new(&[
+            "sequence",
+            "timestamp_ms",
+            "kind",
+            "actor",
+            "prompt",
+            "version",
+            "environment",
+            "break_glass",
+            "leaf_hash",
+        ])?),
+        _ => None,
+    };
     let mut c = client.connect().await?;
     let mut q = pb::ListEventsRequest {
         actor: args.actor.unwrap_or_default(),
@@ -222,7 +236,19 @@ async fn audit_log(client: &super::govern::ClientArgs, args: AuditLogArgs) -> Re
                 break 'pages;
             }
             shown += 1;
-            if json {
+            if let Some(w) = table.as_mut() {
+                w.row([
+                    e.sequence.to_string(),
+                    e.timestamp_ms.to_string(),
+                    e.kind.clone(),
+                    e.actor.clone(),
+                    e.prompt.clone(),
+                    e.version.to_string(),
+                    e.environment.clone(),
+                    e.break_glass.to_string(),
+                    hex::encode(&e.leaf_hash),
+                ])?;
+            } else if json {
                 let statement: serde_json::Value =
                     serde_json::from_str(&e.statement_json).unwrap_or(serde_json::Value::Null);
                 println!(

@@ -34,7 +34,8 @@ pub struct ClientArgs {
     /// exists].
     #[arg(long, env = "PROMPTLEDGER_CLIENT_CONFIG", global = true)]
     client_config: Option<PathBuf>,
-    /// Output of client commands: `text` for people, `json` (one object per line) for scripts.
+    /// Output of client commands: `text` for people, `json` (one object per line) or `csv`
+    /// (lists and single records, with a header row) for scripts.
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
 }
@@ -43,6 +44,31 @@ pub struct ClientArgs {
 pub enum Output {
     Text,
     Json,
+    Csv,
+}
+
+/// CSV on standard output, header first.
+pub struct Csv(csv::Writer<std::io::Stdout>);
+
+impl Csv {
+    pub fn new(header: &[&str]) -> Result<Csv> {
+        let mut w = csv::Writer::from_writer(std::io::stdout());
+        w.write_record(header)?;
+        Ok(Csv(w))
+    }
+
+    pub fn row<I: IntoIterator<Item = String>>(&mut self, fields: I) -> Result<()> {
+        self.0
+            .write_record(fields.into_iter().collect::<Vec<_>>())?;
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+fn no_csv(what: &str) -> Refusal {
+    Refusal::Other(anyhow::anyhow!(
+        "--output csv is for lists and single records; {what} is text or json"
+    ))
 }
 
 /// The client config file.
@@ -451,6 +477,16 @@ impl From<std::io::Error> for Refusal {
 }
 
 fn receipt(out: Output, r: &pb::Receipt) {
+    if out == Output::Csv {
+        let _ = Csv::new(&["sequence", "leaf_hash", "duplicate"]).and_then(|mut w| {
+            w.row([
+                r.sequence.to_string(),
+                hex::encode(&r.leaf_hash),
+                r.duplicate.to_string(),
+            ])
+        });
+        return;
+    }
     if out == Output::Json {
         println!(
             "{}",
@@ -529,10 +565,47 @@ fn deployment_json(d: &pb::Deployment) -> serde_json::Value {
 }
 
 fn show_deployment(out: Output, d: &pb::Deployment) {
-    if out == Output::Json {
-        println!("{}", deployment_json(d));
-    } else {
-        print_deployment(d);
+    match out {
+        Output::Json => println!("{}", deployment_json(d)),
+        Output::Text => print_deployment(d),
+        Output::Csv => {
+            let splits: Vec<String> = d
+                .splits
+                .iter()
+                .map(|s| format!("{}:{}", s.version, s.weight))
+                .collect();
+            let header = [
+                "prompt",
+                "environment",
+                "version",
+                "splits",
+                "sequence",
+                "timestamp_ms",
+                "actor",
+                "rollback",
+                "break_glass",
+                "reason",
+                "policy_version",
+            ];
+            let _ = Csv::new(&header).and_then(|mut w| {
+                w.row([
+                    d.prompt.clone(),
+                    d.environment.clone(),
+                    d.version.to_string(),
+                    splits.join(" "),
+                    d.sequence.to_string(),
+                    d.timestamp_ms.to_string(),
+                    d.actor.clone(),
+                    d.rollback.to_string(),
+                    d.break_glass.to_string(),
+                    d.reason.clone(),
+                    d.decision
+                        .as_ref()
+                        .map(|x| x.policy_version.clone())
+                        .unwrap_or_default(),
+                ])
+            });
+        }
     }
 }
 
@@ -706,10 +779,26 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                 .commit_version(pb::CommitVersionRequest { statement })
                 .await?
                 .into_inner();
-            if let Some(rc) = &r.receipt {
-                receipt(out, rc);
+            let rc = r.receipt.clone().unwrap_or_default();
+            match out {
+                Output::Text => {
+                    receipt(out, &rc);
+                    println!("version {} ({})", r.version, r.content_hash);
+                }
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "sequence": rc.sequence, "leaf_hash": hex::encode(&rc.leaf_hash),
+                        "duplicate": rc.duplicate, "version": r.version,
+                        "content_hash": r.content_hash,
+                    })
+                ),
+                Output::Csv => Csv::new(&["sequence", "version", "content_hash"])?.row([
+                    rc.sequence.to_string(),
+                    r.version.to_string(),
+                    r.content_hash.clone(),
+                ])?,
             }
-            println!("version {} ({})", r.version, r.content_hash);
         }
         GovernCommand::Get {
             prompt,
@@ -728,6 +817,28 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                     routing_key: routing_key.unwrap_or_default(),
                 })
                 .await?;
+            if out == Output::Csv {
+                return Err(no_csv("a template"));
+            }
+            if out == Output::Json {
+                let reference = r.reference.clone().unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "template": r.template, "model": r.model,
+                        "parameters": serde_json::from_str::<serde_json::Value>(&r.parameters_json).unwrap_or_default(),
+                        "variables": r.variables,
+                        "reference": {
+                            "prompt": reference.prompt, "version": reference.version,
+                            "content_hash": reference.content_hash,
+                            "deployment_sequence": reference.deployment_sequence,
+                            "environment": reference.environment, "weight": reference.weight,
+                            "break_glass": reference.break_glass,
+                        },
+                    })
+                );
+                return Ok(());
+            }
             print!("{}", r.template);
             if let Some(reference) = &r.reference {
                 eprintln!(
@@ -759,6 +870,30 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                 })
                 .await?;
             let d = c.registry().diff_versions(request).await?.into_inner();
+            if out == Output::Csv {
+                return Err(no_csv("a diff"));
+            }
+            if out == Output::Json {
+                let (a, b) = (
+                    d.from.clone().unwrap_or_default(),
+                    d.to.clone().unwrap_or_default(),
+                );
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "from": {"version": a.version, "content_hash": a.content_hash, "model": a.model},
+                        "to": {"version": b.version, "content_hash": b.content_hash, "model": b.model},
+                        "model_changed": d.model_changed,
+                        "parameters": d.parameters.iter().map(|p| serde_json::json!({
+                            "key": p.key, "from": p.from_json, "to": p.to_json,
+                        })).collect::<Vec<_>>(),
+                        "variables_added": d.variables_added,
+                        "variables_removed": d.variables_removed,
+                        "template_diff": d.template_diff,
+                    })
+                );
+                return Ok(());
+            }
             let (a, b) = (d.from.unwrap_or_default(), d.to.unwrap_or_default());
             println!(
                 "v{} {} -> v{} {}",
@@ -792,6 +927,18 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
         }
         GovernCommand::History { prompt } => {
             let mut token = String::new();
+            let mut table = match out {
+                Output::Csv => Some(Csv::new(&[
+                    "sequence",
+                    "timestamp_ms",
+                    "kind",
+                    "actor",
+                    "version",
+                    "environment",
+                    "break_glass",
+                ])?),
+                _ => None,
+            };
             loop {
                 let request = c
                     .authorized(pb::ListPromptHistoryRequest {
@@ -805,6 +952,19 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                     .list_prompt_history(request)
                     .await?
                     .into_inner();
+                if let Some(w) = table.as_mut() {
+                    for e in &page.events {
+                        w.row([
+                            e.sequence.to_string(),
+                            e.timestamp_ms.to_string(),
+                            e.kind.clone(),
+                            e.actor.clone(),
+                            e.version.to_string(),
+                            e.environment.clone(),
+                            e.break_glass.to_string(),
+                        ])?;
+                    }
+                }
                 for e in page.events.iter().filter(|_| out == Output::Json) {
                     println!(
                         "{}",
@@ -842,6 +1002,10 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
         }
         GovernCommand::Actor(ActorCommand::Roles { at, actor }) => {
             let mut token = String::new();
+            let mut table = match out {
+                Output::Csv => Some(Csv::new(&["actor", "roles", "revoked", "at_sequence"])?),
+                _ => None,
+            };
             loop {
                 let request = c
                     .authorized(pb::ListRoleAssignmentsRequest {
@@ -856,6 +1020,16 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                     .list_role_assignments(request)
                     .await?
                     .into_inner();
+                if let Some(w) = table.as_mut() {
+                    for a in &page.assignments {
+                        w.row([
+                            a.actor.clone(),
+                            a.roles.join(" "),
+                            a.revoked.to_string(),
+                            page.at_sequence.to_string(),
+                        ])?;
+                    }
+                }
                 for a in page.assignments.iter().filter(|_| out == Output::Json) {
                     println!(
                         "{}",
@@ -887,6 +1061,21 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                 })
                 .await?;
             let p = c.registry().get_policy(request).await?.into_inner();
+            if out == Output::Csv {
+                return Err(no_csv("a policy"));
+            }
+            if out == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "policy_version": p.policy_version, "sequence": p.sequence,
+                        "set_by": p.set_by, "timestamp_ms": p.timestamp_ms,
+                        "model_conf": p.model_conf, "policy_csv": p.policy_csv,
+                        "gates_toml": p.gates_toml,
+                    })
+                );
+                return Ok(());
+            }
             println!(
                 "policy {} set at sequence {} by {} ({} ms)",
                 p.policy_version, p.sequence, p.set_by, p.timestamp_ms
@@ -1050,6 +1239,9 @@ async fn execute(c: &mut Client, out: Output, command: GovernCommand) -> Result<
                 .authorized(pb::ExplainDeploymentRequest { prompt, sequence })
                 .await?;
             let why = c.registry().explain_deployment(request).await?.into_inner();
+            if out == Output::Csv {
+                return Err(no_csv("an explanation"));
+            }
             if out == Output::Json {
                 let evidence: Vec<serde_json::Value> = why
                     .evidence

@@ -5,7 +5,7 @@
 
 use anyhow::{Context as _, Result};
 use async_nats::jetstream;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use futures_util::StreamExt;
 use promptledger::ledger::keys::PublicKey;
 use promptledger::publish::follow::{Followed, Follower};
@@ -14,11 +14,7 @@ use promptledger::registry::statement::Statement;
 use std::process::ExitCode;
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
+use super::govern::Output;
 
 #[derive(Args)]
 pub struct TailArgs {
@@ -38,16 +34,18 @@ pub struct TailArgs {
     /// Keep waiting for new events instead of stopping at the end of the stream.
     #[arg(long)]
     follow: bool,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    output: Output,
 }
 
-pub fn run(args: TailArgs) -> Result<ExitCode> {
+/// Prints text, or JSON lines with the global `--output json`.
+pub fn run(args: TailArgs, output: Output) -> Result<ExitCode> {
+    if output == Output::Csv {
+        anyhow::bail!("tail prints text or json (--output json), not csv");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(tail(args))
+    runtime.block_on(tail(args, output))
 }
 
 fn print_event(f: &Followed, output: Output) {
@@ -59,7 +57,7 @@ fn print_event(f: &Followed, output: Output) {
         .unwrap_or("-");
     let actor = statement.as_ref().map_or("-", |s| s.actor.as_str());
     match output {
-        Output::Text => println!(
+        Output::Text | Output::Csv => println!(
             "{:>8}  {:<18} {:<32} {:<20} {}",
             f.seq, kind, prompt, actor, f.entry.timestamp_ms
         ),
@@ -76,7 +74,7 @@ fn print_event(f: &Followed, output: Output) {
     }
 }
 
-async fn tail(args: TailArgs) -> Result<ExitCode> {
+async fn tail(args: TailArgs, output: Output) -> Result<ExitCode> {
     let key = args
         .ledger_key
         .as_deref()
@@ -119,7 +117,7 @@ async fn tail(args: TailArgs) -> Result<ExitCode> {
                 events += 1;
                 if f.seq >= args.from {
                     printed += 1;
-                    print_event(&f, args.output);
+                    print_event(&f, output);
                 }
             })
         } else if get(header::CHECKPOINT_SIZE).is_some() {
