@@ -277,6 +277,9 @@ pub enum GovernCommand {
         routing_key: Option<String>,
     },
     /// Every event of a prompt, oldest first.
+    #[command(
+        after_help = "Example:\n  promptledger --key audrey.key --output csv history support/greeting > history.csv"
+    )]
     History { prompt: String },
     /// What changed between two versions: template (unified diff), model, parameters,
     /// variables.
@@ -294,6 +297,9 @@ pub enum GovernCommand {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Record an evaluation result for a version's exact content hash (CI).
+    #[command(
+        after_help = "Example:\n  promptledger --key ci.key evaluate support/greeting --version 3 --suite regression --score 0.94 --threshold 0.9 --evidence-uri https://ci.example/run/812"
+    )]
     Evaluate {
         prompt: String,
         #[arg(long)]
@@ -319,6 +325,9 @@ pub enum GovernCommand {
         evidence_uri: String,
     },
     /// Approve a version (its exact content hash) for an environment.
+    #[command(
+        after_help = "Example:\n  promptledger --key bob.key approve support/greeting --version 3 --env staging"
+    )]
     Approve(Target),
     /// Withdraw your approval.
     RevokeApproval {
@@ -328,6 +337,9 @@ pub enum GovernCommand {
         reason: String,
     },
     /// Promote a version past the environment's gates, alone or as a rollout step.
+    #[command(
+        after_help = "Example:\n  promptledger --key dora.key promote support/greeting --version 3 --env production\n  promptledger --key dora.key promote support/greeting --version 4 --env production --weight 3=90 --weight 4=10"
+    )]
     Promote {
         #[command(flatten)]
         target: Target,
@@ -337,6 +349,9 @@ pub enum GovernCommand {
         weights: Vec<Split>,
     },
     /// Put back a version that was live in the environment before.
+    #[command(
+        after_help = "Example:\n  promptledger --key dora.key rollback support/greeting --version 3 --env production --reason \"INC-7: v4 misroutes refunds\""
+    )]
     Rollback {
         #[command(flatten)]
         target: Target,
@@ -344,6 +359,9 @@ pub enum GovernCommand {
         reason: String,
     },
     /// Promote past the gates in an emergency (break_glass permission). Flagged everywhere.
+    #[command(
+        after_help = "Example:\n  promptledger --key oncall.key break-glass support/greeting --version 5 --env production --reason \"INC-9 hotfix\""
+    )]
     BreakGlass {
         #[command(flatten)]
         target: Target,
@@ -353,6 +371,9 @@ pub enum GovernCommand {
         weights: Vec<Split>,
     },
     /// What was live in an environment now, at a sequence number or at a time.
+    #[command(
+        after_help = "Example:\n  promptledger --key audrey.key live support/greeting --env production --at-time-ms 1767225600000"
+    )]
     Live {
         prompt: String,
         #[arg(long = "env")]
@@ -364,6 +385,9 @@ pub enum GovernCommand {
         at_time_ms: Option<u64>,
     },
     /// Why a promotion, rollback or break-glass promotion was allowed: policy, gates, evidence.
+    #[command(
+        after_help = "Example:\n  promptledger --key audrey.key why support/greeting --env production\n  promptledger --key audrey.key --output json why support/greeting --seq 42"
+    )]
     Why {
         prompt: String,
         /// Its sequence number (`live` shows it).
