@@ -144,17 +144,8 @@ async fn bench(args: AuditArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let config = promptledger::server::Config {
-        data_dir: dir.root.clone(),
-        ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let opening = Instant::now();
-    let server = tokio::spawn(promptledger::server::serve(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, server) = super::bench_grpc::serve_in_process(&dir).await?;
     let mut c = loop {
         match Client::connect(format!("http://{addr}"), auditor.clone()).await {
             Ok(c) => break c,

@@ -5,7 +5,7 @@
 //! two evaluations, two approvals), each a rollout step so one prompt can be promoted again and
 //! again.
 
-use super::bench_grpc::{channels, commit, drive, tempfile_dir, Outcome};
+use super::bench_grpc::{channels, commit, drive, serve_in_process, tempfile_dir, Outcome};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use promptledger::client::{sign_statement, Client};
@@ -203,16 +203,7 @@ async fn bench(args: GovernanceArgs) -> Result<()> {
     let dir = DataDir::new(tmp.join("ledger"));
     let init_dir = dir.clone();
     tokio::task::spawn_blocking(move || node::init(&init_dir, system_clock_ms())).await??;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let config = promptledger::server::Config {
-        data_dir: dir.root.clone(),
-        ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(promptledger::server::serve(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, server) = serve_in_process(&dir).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let endpoint = format!("http://{addr}");
 

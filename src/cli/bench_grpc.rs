@@ -158,16 +158,7 @@ async fn bench(args: GrpcArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || node::init(&init_dir, system_clock_ms())).await??;
 
     // The product server and the echo baseline, both in this process on loopback.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let config = promptledger::server::Config {
-        data_dir: dir.root.clone(),
-        ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(promptledger::server::serve(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, server) = serve_in_process(&dir).await?;
     let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo_listener.local_addr()?;
     tokio::spawn(
@@ -349,6 +340,28 @@ async fn bench(args: GrpcArgs) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// The server on `dir`, in this process on a loopback port: its address, the sender that stops
+/// it, and its task.
+pub(super) async fn serve_in_process(
+    dir: &DataDir,
+) -> Result<(
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), promptledger::server::ServeError>>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = promptledger::server::Config {
+        data_dir: dir.root.clone(),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(promptledger::server::serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    Ok((addr, stop, server))
 }
 
 pub(super) fn tempfile_dir() -> Result<std::path::PathBuf> {
