@@ -473,7 +473,16 @@ async fn every_served_proof_verifies_for_every_tree_size() {
             new_tree_size: size + 1,
         })
         .await;
-    assert!(beyond.is_err());
+    let status = beyond.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("new_tree_size")
+            && status
+                .message()
+                .contains(&format!("latest tree size {size}")),
+        "{}",
+        status.message()
+    );
     server.stop().await;
 }
 
