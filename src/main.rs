@@ -3,6 +3,12 @@
 
 mod cli;
 
+/// mimalloc instead of glibc's malloc: the request paths allocate small buffers on one thread
+/// and free them on another, where glibc spent ~9 % of a commit's CPU (malloc, free and
+/// consolidation in a profile); see docs/PERFORMANCE.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
