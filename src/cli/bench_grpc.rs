@@ -1,6 +1,8 @@
 //! `promptledger bench grpc`: echo (the limit of tonic on this machine) vs `GetPrompt` vs signed,
 //! durable `CommitVersion`, each with the same number of concurrent streams, in one run, so the
-//! ratios are meaningful on a noisy machine.
+//! ratios are meaningful on a noisy machine. The cases take turns in rounds (echo, `GetPrompt`,
+//! `CommitVersion`, then again), so a slow moment of the shared machine falls on every case
+//! rather than on one; each round's ratios are reported, and their median.
 
 use anyhow::Result;
 use clap::Args;
@@ -20,9 +22,12 @@ use tonic::transport::Channel;
 
 #[derive(Args)]
 pub struct GrpcArgs {
-    /// Seconds per case.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds per case in each round.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds: each runs every case once, in turn.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Concurrent streams (in-flight requests).
     #[arg(long, default_value_t = 64)]
     streams: usize,
@@ -57,6 +62,22 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// One outcome of several runs of the same case: requests and time add up, latencies merge.
+    fn merge(runs: &[Outcome]) -> Outcome {
+        let mut latencies_us: Vec<u32> = runs
+            .iter()
+            .flat_map(|o| o.latencies_us.iter().copied())
+            .collect();
+        latencies_us.sort_unstable();
+        Outcome {
+            name: runs.first().map_or("", |o| o.name),
+            requests: runs.iter().map(|o| o.requests).sum(),
+            errors: runs.iter().map(|o| o.errors).sum(),
+            elapsed: runs.iter().map(|o| o.elapsed).sum(),
+            latencies_us,
+        }
+    }
+
     pub(super) fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -241,7 +262,6 @@ async fn bench(args: GrpcArgs) -> Result<()> {
             })
         }
     };
-    let echo_result = drive("echo (baseline)", args.streams, args.seconds, echo_case).await;
 
     let chans = channels(addr, args.connections).await?;
     let get_case = {
@@ -259,38 +279,45 @@ async fn bench(args: GrpcArgs) -> Result<()> {
             Some(async move { c.get_prompt(req).await.is_ok() })
         }
     };
-    let get_seconds = if args.commit_only { 0 } else { args.seconds };
-    let get_result = drive("GetPrompt", args.streams, get_seconds, get_case).await;
 
     // Pre-signed commits: each stream extends its own prompt, so parents chain without races.
-    let per_stream = 200_000 / args.streams.max(1) + 1;
-    let signed: Vec<Vec<pb::SignedStatement>> = (0..args.streams)
-        .map(|s| {
-            let prompt = format!("bench/p{s}");
-            (0..per_stream)
-                .map(|i| {
-                    let st = Statement {
-                        ledger_id: ledger_id.clone(),
-                        actor: "author".into(),
-                        issued_at_ms: system_clock_ms(),
-                        nonce: format!("bench-{s}-{i}"),
-                        action: commit(
-                            &prompt,
-                            Some(1 + i as u64),
-                            format!("v{} of {prompt} {{{{customer}}}}", i + 2),
-                        ),
-                    };
-                    sign_statement(&st, &author)
-                })
-                .collect()
-        })
-        .collect();
+    // Enough for 20,000 commits/s; a stream that runs out stops early.
+    let per_stream = (args.seconds as usize * args.rounds * 20_000) / args.streams.max(1) + 1;
+    let signed: Vec<Vec<pb::SignedStatement>> = {
+        use rayon::prelude::*;
+        (0..args.streams)
+            .into_par_iter()
+            .map(|s| {
+                let prompt = format!("bench/p{s}");
+                (0..per_stream)
+                    .map(|i| {
+                        let st = Statement {
+                            ledger_id: ledger_id.clone(),
+                            actor: "author".into(),
+                            issued_at_ms: system_clock_ms(),
+                            nonce: format!("bench-{s}-{i}"),
+                            action: commit(
+                                &prompt,
+                                Some(1 + i as u64),
+                                format!("v{} of {prompt} {{{{customer}}}}", i + 2),
+                            ),
+                        };
+                        sign_statement(&st, &author)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
     let signed = std::sync::Arc::new(signed);
-    tracing::info!("statements signed; committing");
+    // Where each stream is in its statements, across rounds.
+    let cursors: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>> =
+        std::sync::Arc::new((0..args.streams).map(|_| Default::default()).collect());
+    tracing::info!("statements signed; measuring");
     let commit_case = {
         let chans = chans.clone();
-        move |s: usize, i: usize| {
-            let statement = signed[s].get(i)?.clone();
+        move |s: usize, _i: usize| {
+            let next = cursors[s].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let statement = signed[s].get(next)?.clone();
             let mut c = pb::registry_service_client::RegistryServiceClient::new(
                 chans[s % chans.len()].clone(),
             );
@@ -303,31 +330,56 @@ async fn bench(args: GrpcArgs) -> Result<()> {
             })
         }
     };
-    let commit_result = drive(
-        "CommitVersion (signed, durable)",
-        args.streams,
-        args.seconds,
-        commit_case,
-    )
-    .await;
+
+    let (mut echoes, mut gets, mut commits) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        let (n, s) = (args.streams, args.seconds);
+        echoes.push(drive("echo (baseline)", n, s, echo_case.clone()).await);
+        if !args.commit_only {
+            gets.push(drive("GetPrompt", n, s, get_case.clone()).await);
+        }
+        commits.push(drive("CommitVersion (signed, durable)", n, s, commit_case.clone()).await);
+    }
 
     println!(
-        "{} streams over {} connections, loopback, one process",
-        args.streams, args.connections
+        "{} streams over {} connections, loopback, one process; {} rounds of {} s per case",
+        args.streams, args.connections, args.rounds, args.seconds
     );
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7}",
-        "case", "req/s", "p50 ms", "p99 ms", "errors", "vs echo"
+        "{:<34} {:>10} {:>9} {:>9} {:>8} {:>7} {:>20}  p99 ms per round",
+        "case", "req/s", "p50 ms", "p99 ms", "errors", "vs echo", "rounds (median)"
     );
-    for o in [&echo_result, &get_result, &commit_result] {
+    for runs in [&echoes, &gets, &commits] {
+        if runs.is_empty() {
+            continue;
+        }
+        let all = Outcome::merge(runs);
+        let mut ratios: Vec<f64> = runs
+            .iter()
+            .zip(&echoes)
+            .map(|(o, e)| 100.0 * o.rps() / e.rps())
+            .collect();
+        let per_round = ratios
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        ratios.sort_by(f64::total_cmp);
+        let p99s = runs
+            .iter()
+            .map(|o| format!("{:.2}", o.pct(0.99)))
+            .collect::<Vec<_>>()
+            .join("/");
         println!(
-            "{:<34} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>6.0}%",
-            o.name,
-            o.rps(),
-            o.pct(0.50),
-            o.pct(0.99),
-            o.errors,
-            100.0 * o.rps() / echo_result.rps()
+            "{:<34} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>6.0}% {:>14} ({:.0}%)  {p99s}",
+            all.name,
+            all.rps(),
+            all.pct(0.50),
+            all.pct(0.99),
+            all.errors,
+            100.0 * all.rps() / Outcome::merge(&echoes).rps(),
+            per_round,
+            ratios[ratios.len() / 2]
         );
     }
     let _ = stop.send(());
