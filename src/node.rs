@@ -254,7 +254,9 @@ pub fn verify_store(
 ) -> Result<Verified, NodeError> {
     let head = store.head()?;
     let note = store.checkpoint()?.ok_or(NodeError::NoCheckpoint)?;
-    let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
+    let entries = store
+        .scan_entries_from(0)
+        .map(|r| r.map(|(_, bytes)| bytes));
     // Nodes of each level are produced in index order, so one sequential cursor per level
     // compares them with what is stored, without random reads.
     type LevelCursor<'s> = Box<dyn Iterator<Item = Result<(NodeId, Hash), StoreError>> + 's>;
@@ -322,7 +324,9 @@ pub fn rebuild(dir: &DataDir) -> Result<RebuildReport, NodeError> {
     let key = ledger_public_key(dir, None)?;
     let store = Store::open_read_only(&dir.db())?;
     let note = store.checkpoint()?.ok_or(NodeError::NoCheckpoint)?;
-    let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
+    let entries = store
+        .scan_entries_from(0)
+        .map(|r| r.map(|(_, bytes)| bytes));
     let mut keyring = RegistryKeyring::new();
     let verified = verify::verify_log(entries, &key, &note, &mut keyring, Observers::default())
         .map_err(NodeError::Verify)?;

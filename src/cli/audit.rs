@@ -50,7 +50,9 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let bar = progress_bar(size);
     bar.set_message("exporting");
-    let entries = store.entries_from(0).map(|r| r.map(|(_, bytes)| bytes));
+    let entries = store
+        .scan_entries_from(0)
+        .map(|r| r.map(|(_, bytes)| bytes));
     let written = bundle::write(&mut out, &note, &key.to_vkey(), size, entries, |n| {
         bar.set_position(n)
     })?;

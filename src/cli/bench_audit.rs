@@ -30,6 +30,10 @@ pub struct AuditArgs {
     /// Calls per query.
     #[arg(long, default_value_t = 50)]
     calls: usize,
+    /// Keep the ledger in this directory; if it already holds one written by this benchmark,
+    /// reuse it instead of writing again (to time the queries and the server's start alone).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
@@ -71,9 +75,12 @@ fn submission(key: &KeyPair, ledger_id: &str, nonce: u64, action: Action) -> Sub
 
 async fn bench(args: AuditArgs) -> Result<()> {
     let tmp = tempfile_dir()?;
-    let dir = DataDir::new(tmp.join("ledger"));
-    let init_dir = dir.clone();
-    tokio::task::spawn_blocking(move || node::init(&init_dir, system_clock_ms())).await??;
+    let dir = DataDir::new(args.data_dir.clone().unwrap_or(tmp.join("ledger")));
+    let reuse = dir.db().join("CURRENT").exists();
+    if !reuse {
+        let init_dir = dir.clone();
+        tokio::task::spawn_blocking(move || node::init(&init_dir, system_clock_ms())).await??;
+    }
     let admin = keyfile::read_key(&dir.admin_key())?;
     let author = KeyPair::from_seed("author", &[7; 32])?;
     let auditor = KeyPair::from_seed("auditor", &[8; 32])?;
@@ -81,7 +88,9 @@ async fn bench(args: AuditArgs) -> Result<()> {
 
     // Write through the real writer: every statement signed, decided, applied, durable.
     let started = Instant::now();
-    {
+    if reuse {
+        println!("reusing the ledger in {}", dir.root.display());
+    } else {
         let store = Arc::new(Store::open(&dir.db())?);
         let registry = Registry::load(&store)?;
         let ledger = promptledger::storage::writer::Ledger::open(
@@ -137,12 +146,12 @@ async fn bench(args: AuditArgs) -> Result<()> {
         }
         drop(appender);
         tokio::task::spawn_blocking(move || ledger.close()).await?;
+        println!(
+            "wrote {} signed entries through the writer in {:.1} s",
+            args.entries,
+            started.elapsed().as_secs_f64()
+        );
     }
-    println!(
-        "wrote {} signed entries through the writer in {:.1} s",
-        args.entries,
-        started.elapsed().as_secs_f64()
-    );
 
     let opening = Instant::now();
     let (addr, stop, server) = super::bench_grpc::serve_in_process(&dir).await?;
@@ -261,6 +270,7 @@ async fn bench(args: AuditArgs) -> Result<()> {
     );
     let _ = stop.send(());
     server.await??;
+    // With --data-dir the ledger is not under `tmp`.
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

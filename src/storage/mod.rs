@@ -219,14 +219,33 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf::ENTRIES), keys::entry_key(seq))?)
     }
 
-    /// Stored entries from `from` on, in order, with their keys' sequence numbers.
+    /// Stored entries from `from` on, in order, with their keys' sequence numbers: for readers
+    /// of a few pages (queries, watch streams, the publisher), through the block cache.
     pub fn entries_from(
+        &self,
+        from: Seq,
+    ) -> impl Iterator<Item = Result<(Seq, Vec<u8>), StoreError>> + '_ {
+        self.entries_with(from, ReadOptions::default())
+    }
+
+    /// [`Self::entries_from`] for a read of the whole log (verification, export, rebuild): large
+    /// readahead, and the block cache left to the server. A query reading a page this way read
+    /// 4 MiB for 50 entries (7 ms instead of 1 ms per `ListEvents` call).
+    pub fn scan_entries_from(
         &self,
         from: Seq,
     ) -> impl Iterator<Item = Result<(Seq, Vec<u8>), StoreError>> + '_ {
         let mut ro = ReadOptions::default();
         ro.fill_cache(false);
         ro.set_readahead_size(4 << 20);
+        self.entries_with(from, ro)
+    }
+
+    fn entries_with(
+        &self,
+        from: Seq,
+        ro: ReadOptions,
+    ) -> impl Iterator<Item = Result<(Seq, Vec<u8>), StoreError>> + '_ {
         let start = keys::entry_key(from);
         self.db
             .iterator_cf_opt(
