@@ -112,17 +112,20 @@ impl Registry {
         let corrupt = |_| StoreError::Corrupt {
             what: "registry state",
         };
-        let objects = store
-            .scan(cf::STATE)
-            .map(|r| {
-                let (k, v) = r?;
+        // Rows are parsed as they are read, not collected first: at a million versions the
+        // collected JSON alone was hundreds of megabytes, touched once and thrown away.
+        let mut scan_error = None;
+        let objects = store.scan(cf::STATE).map_while(|r| {
+            let row = r.and_then(|(k, v)| {
                 let key = std::str::from_utf8(&k).ok().and_then(Row::decode);
                 Ok((key.ok_or(StoreError::Corrupt { what: "state key" })?, v))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            });
+            row.map_err(|e| scan_error = Some(e)).ok()
+        });
+        let mut nonce_error = None;
         let nonces = store
             .scan(cf::NONCES)
-            .map(|r| {
+            .map(|r| -> Result<_, StoreError> {
                 let (k, v) = r?;
                 let split = k.iter().position(|&b| b == 0);
                 let bad = StoreError::Corrupt { what: "nonce" };
@@ -137,8 +140,12 @@ impl Registry {
                 let hash: Hash = v[8..].try_into().expect("32 bytes");
                 Ok(((actor, nonce), (seq, hash)))
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let state = State::load(&info.ledger_id, objects, nonces).map_err(corrupt)?;
+            .map_while(|r| r.map_err(|e| nonce_error = Some(e)).ok());
+        let state = State::load(&info.ledger_id, objects, nonces).map_err(corrupt);
+        if let Some(e) = scan_error.or(nonce_error) {
+            return Err(e);
+        }
+        let state = state?;
         let head = store.head()?;
         let view = ViewCell::default();
         view.store(View::of(&state, head.size));

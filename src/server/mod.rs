@@ -146,9 +146,19 @@ pub async fn serve_with_clock(
         );
     }
     let ledger_key = node::ledger_signer(&dir)?;
+    let opening = std::time::Instant::now();
     let store = Arc::new(Store::open(&dir.db()).map_err(NodeError::from)?);
     let registry = Registry::load(&store).map_err(NodeError::from)?;
     let view = registry.view();
+    {
+        let v = view.load();
+        tracing::info!(
+            entries = v.head,
+            prompts = v.prompts.len(),
+            ms = opening.elapsed().as_millis() as u64,
+            "opened the ledger and loaded the registry"
+        );
+    }
     let writer_config = WriterConfig {
         clock: clock.clone(),
         ..WriterConfig::default()
