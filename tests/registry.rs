@@ -897,3 +897,34 @@ async fn a_rotated_key_stops_signing_and_the_new_one_works() {
     node::verify_dir(&w.dir, None, None).unwrap();
     assert!(node::rebuild(&w.dir).unwrap().consistent());
 }
+
+/// The projection is read back row by row when a ledger opens: a damaged row or nonce is refused
+/// with a clear error, never skipped (a skipped row would be a silently different registry).
+#[test]
+fn a_damaged_projection_row_or_nonce_stops_the_load() {
+    use promptledger::registry::personality::Registry;
+    use promptledger::storage::{Store, StoreError};
+    let damages: [(&str, &[u8], &[u8], &str); 4] = [
+        ("state", b"\xffnot a row key", b"{}", "state key"),
+        ("state", b"a/admin", b"not json", "registry state"),
+        ("nonces", b"admin\x00n1", b"short", "nonce"),
+        ("nonces", b"no separator", &[0u8; 40], "nonce"),
+    ];
+    for (cf, key, value, what) in damages {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = promptledger::node::DataDir::new(tmp.path().join("ledger"));
+        promptledger::node::init(&dir, promptledger::storage::writer::system_clock_ms()).unwrap();
+        {
+            let store = Store::open(&dir.db()).unwrap();
+            let registry = Registry::load(&store).unwrap();
+            assert!(registry.state().actor("admin").is_some(), "intact: loads");
+            store.raw_put(cf, key, value).unwrap();
+        }
+        let store = Store::open(&dir.db()).unwrap();
+        match Registry::load(&store) {
+            Err(StoreError::Corrupt { what: got }) => assert_eq!(got, what, "{cf} damaged"),
+            Err(e) => panic!("{cf} damaged: unexpected error {e}"),
+            Ok(_) => panic!("{cf} damaged with {key:?}: loaded anyway"),
+        }
+    }
+}
