@@ -86,7 +86,7 @@ async fn filters_return_exactly_what_a_brute_force_scan_finds() {
         ("dora", "deployer"),
         ("audrey", "auditor"),
     ];
-    let (dir, _, server, mut admin) = started(tmp.path(), &actors).await;
+    let (dir, config, server, mut admin) = started(tmp.path(), &actors).await;
     let url = server.endpoint();
     let c = |name: &str| Client::connect(url.clone(), key(name));
     let (mut alice, mut amir, mut bob, mut dora) = (
@@ -192,6 +192,19 @@ async fn filters_return_exactly_what_a_brute_force_scan_finds() {
             actor: "nobody".into(),
             ..base.clone()
         },
+        // The indexed paths (prompt, actor) within sequence and time bounds.
+        pb::ListEventsRequest {
+            prompt: "support/a".into(),
+            from_sequence: 12,
+            to_sequence: 25,
+            ..base.clone()
+        },
+        pb::ListEventsRequest {
+            actor: "dora".into(),
+            from_time_ms: times[0],
+            to_time_ms: times[2],
+            ..base.clone()
+        },
     ];
     let mut answers = Vec::new();
     for q in &queries {
@@ -214,7 +227,41 @@ async fn filters_return_exactly_what_a_brute_force_scan_finds() {
     let request = svc.authorized(base.clone()).await.unwrap();
     let refused = svc.registry().list_events(request).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    drop((alice, amir, bob, dora, audrey, admin, svc));
     server.stop().await;
+
+    // A ledger written before the index existed: no index keys, no marker. The server builds the
+    // index when it starts, and every query answers as before.
+    let registration = {
+        let store = Store::open(&dir.db()).unwrap();
+        let keys: Vec<Vec<u8>> = store.scan("index").map(|r| r.unwrap().0).collect();
+        assert!(
+            keys.len() > 40,
+            "every statement is indexed as it is written"
+        );
+        for k in keys {
+            store.raw_delete("index", &k).unwrap();
+        }
+        store.raw_delete("meta", &[0x04]).unwrap();
+        assert!(!store.has_event_index().unwrap());
+        // The service's registration, after the answers above.
+        store.head().unwrap().size - 1
+    };
+    let server = Server::start(config).await;
+    let mut audrey = Client::connect(server.endpoint(), key("audrey"))
+        .await
+        .unwrap();
+    for (q, before) in queries.iter().zip(&answers) {
+        let mut got = all_pages(&mut audrey, q.clone()).await;
+        got.retain(|s| *s < registration);
+        assert_eq!(&got, before, "rebuilt: {q:?}");
+    }
+    drop(audrey);
+    server.stop().await;
+    assert!(Store::open_read_only(&dir.db())
+        .unwrap()
+        .has_event_index()
+        .unwrap());
 
     // Brute force over the stored entries, reading the statements' JSON directly.
     let store = Store::open_read_only(&dir.db()).unwrap();

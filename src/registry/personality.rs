@@ -10,7 +10,7 @@ use crate::ledger::dsse::Envelope;
 use crate::ledger::entry::{Entry, Seq};
 use crate::ledger::merkle::Hash;
 use crate::policy::Policy;
-use crate::storage::keys::cf;
+use crate::storage::keys::{cf, index_key, IndexTag, MetaKey};
 use crate::storage::writer::{Batch, Context, Personality};
 use crate::storage::{Head, Store, StoreError};
 use std::sync::{Arc, RwLock};
@@ -156,6 +156,42 @@ impl Registry {
         })
     }
 
+    /// Builds the audit indexes of a ledger written before they existed: one pass over the log,
+    /// in batches, the marker last (so an interrupted build simply runs again). Returns how many
+    /// entries were indexed (0 when the index was already complete).
+    pub fn ensure_event_index(store: &Store) -> Result<u64, StoreError> {
+        if store.has_event_index()? {
+            return Ok(0);
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut indexed = 0u64;
+        for item in store.scan_entries_from(0) {
+            let (seq, bytes) = item?;
+            let entry = Entry::decode(&bytes).map_err(|_| StoreError::Corrupt { what: "entry" })?;
+            if let Ok(st) = Statement::from_payload(&entry.envelope.payload) {
+                batch.put_cf(
+                    store.cf(cf::INDEX),
+                    index_key(IndexTag::Actor, &st.actor, seq),
+                    [],
+                );
+                if let Some(prompt) = st.action.prompt() {
+                    batch.put_cf(
+                        store.cf(cf::INDEX),
+                        index_key(IndexTag::Prompt, prompt, seq),
+                        [],
+                    );
+                }
+            }
+            indexed += 1;
+            if batch.len() >= 20_000 {
+                store.commit(std::mem::take(&mut batch))?;
+            }
+        }
+        batch.put_cf(store.cf(cf::META), MetaKey::EventIndex.bytes(), [1]);
+        store.commit(batch)?;
+        Ok(indexed)
+    }
+
     /// The read view this registry publishes to.
     pub fn view(&self) -> ViewCell {
         self.view.clone()
@@ -211,6 +247,23 @@ impl Personality for Registry {
         for row in self.state.apply_decided(&ev, Some(sub.verdict)) {
             let json = self.state.row_json(&row).expect("a changed row exists");
             batch.put(cf::STATE, row.encode(), json);
+        }
+        // The audit API's indexes, in the same batch as the entry (docs/ledger-format.md §9).
+        batch.put(
+            cf::INDEX,
+            index_key(IndexTag::Actor, &sub.statement.actor, entry.seq),
+            [],
+        );
+        if let Some(prompt) = sub.statement.action.prompt() {
+            batch.put(
+                cf::INDEX,
+                index_key(IndexTag::Prompt, prompt, entry.seq),
+                [],
+            );
+        }
+        if entry.seq == 0 {
+            // A ledger indexed from its genesis on.
+            batch.put(cf::META, MetaKey::EventIndex.bytes(), [1]);
         }
         let mut value = entry.seq.to_be_bytes().to_vec();
         value.extend_from_slice(&sub.payload_hash);

@@ -148,6 +148,13 @@ pub async fn serve_with_clock(
     let ledger_key = node::ledger_signer(&dir)?;
     let opening = std::time::Instant::now();
     let store = Arc::new(Store::open(&dir.db()).map_err(NodeError::from)?);
+    let indexed = Registry::ensure_event_index(&store).map_err(NodeError::from)?;
+    if indexed > 0 {
+        tracing::info!(
+            entries = indexed,
+            "built the audit index of a ledger written without it"
+        );
+    }
     let registry = Registry::load(&store).map_err(NodeError::from)?;
     let view = registry.view();
     {

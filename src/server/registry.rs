@@ -15,6 +15,7 @@ use crate::registry::personality::{Registry, View, ViewCell};
 use crate::registry::state::{Deployment, Prompt, Rejection, Version};
 use crate::registry::statement::Statement;
 use crate::sigbatch::SignatureBatcher;
+use crate::storage::keys::{index_prefix, IndexTag};
 use crate::storage::writer::{AppendError, Appender};
 use crate::storage::Store;
 use std::sync::Arc;
@@ -1161,6 +1162,35 @@ impl EventQuery {
         let mut events = Vec::new();
         let keep =
             |seq: u64, entry: &Entry, bytes: &[u8]| event_of(&self.filter, seq, entry, bytes);
+
+        // A prompt or an actor: walk that name's index instead of the log, O(its entries).
+        let index = match (&self.filter.prompt, &self.filter.actor) {
+            (Some(p), _) => Some(index_prefix(IndexTag::Prompt, p)),
+            (None, Some(a)) => Some(index_prefix(IndexTag::Actor, a)),
+            (None, None) => None,
+        };
+        if let Some(prefix) = index {
+            // The cursor means what it means in a scan: the next sequence number upwards, or
+            // the exclusive upper bound downwards.
+            let from = if self.newest_first {
+                self.cursor.unwrap_or(hi).min(hi)
+            } else {
+                self.cursor.unwrap_or(lo).max(lo)
+            };
+            for (visited, seq) in store.indexed(prefix, from, self.newest_first).enumerate() {
+                let seq = seq.map_err(ApiError::internal)?;
+                if seq < lo || seq >= hi {
+                    break;
+                }
+                if events.len() >= self.page || visited as u64 >= SCAN_BUDGET {
+                    let next = if self.newest_first { seq + 1 } else { seq };
+                    return Ok((events, Some(next)));
+                }
+                let (entry, bytes) = read_entry(store, seq)?;
+                events.extend(keep(seq, &entry, &bytes));
+            }
+            return Ok((events, None));
+        }
 
         if self.newest_first {
             // Sequence numbers below the cursor, downwards.

@@ -10,7 +10,7 @@ pub mod cf {
     pub const ENTRIES: &str = "entries";
     /// `level (u8) || index (u64 BE)` → 32-byte complete-subtree hash.
     pub const MERKLE: &str = "merkle";
-    /// Secondary indexes (registry issue and later).
+    /// Secondary indexes of the audit API: [`super::index_key`] → empty.
     pub const INDEX: &str = "index";
     /// [`super::MetaKey`] → value.
     pub const META: &str = "meta";
@@ -34,6 +34,9 @@ pub enum MetaKey {
     Checkpoint = 0x02,
     /// The ledger's identity, JSON ([`crate::storage::LedgerInfo`]).
     LedgerInfo = 0x03,
+    /// Present (one byte, `0x01`) when the `index` column family covers every entry: written
+    /// with the genesis entry, or when an older ledger's index has been built.
+    EventIndex = 0x04,
 }
 
 impl MetaKey {
@@ -54,6 +57,32 @@ pub fn node_key(id: NodeId) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = id.level;
     k[1..].copy_from_slice(&id.index.to_be_bytes());
+    k
+}
+
+/// What an `index` key indexes an entry by.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexTag {
+    /// The prompt a statement is about.
+    Prompt = b'p',
+    /// The actor who signed it.
+    Actor = b'a',
+}
+
+/// `tag (u8) || name || 0x00`: every key of one name starts with it (names never hold `0x00`).
+pub fn index_prefix(tag: IndexTag, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 10);
+    k.push(tag as u8);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `index_prefix(tag, name) || seq (u64 BE)`: the entry `seq` concerns `name`.
+pub fn index_key(tag: IndexTag, name: &str, seq: Seq) -> Vec<u8> {
+    let mut k = index_prefix(tag, name);
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -89,5 +118,14 @@ mod tests {
         );
         assert_eq!(node_key(id).len(), 9);
         assert_eq!(decode_node_key(&[1, 2]), None);
+        // One name's keys sort by sequence number and never interleave with a longer name's.
+        assert!(index_key(IndexTag::Prompt, "a", 255) < index_key(IndexTag::Prompt, "a", 256));
+        assert!(index_key(IndexTag::Prompt, "a", u64::MAX) < index_key(IndexTag::Prompt, "a/b", 0));
+        assert!(
+            index_key(IndexTag::Prompt, "a", 1).starts_with(&index_prefix(IndexTag::Prompt, "a"))
+        );
+        assert!(
+            !index_key(IndexTag::Prompt, "ab", 1).starts_with(&index_prefix(IndexTag::Prompt, "a"))
+        );
     }
 }

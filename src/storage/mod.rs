@@ -261,6 +261,41 @@ impl Store {
             })
     }
 
+    /// Sequence numbers indexed under `prefix` ([`keys::index_prefix`]): from `from` upwards,
+    /// or with `reverse` from below `from` downwards.
+    pub fn indexed(
+        &self,
+        prefix: Vec<u8>,
+        from: Seq,
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<Seq, StoreError>> + '_ {
+        let start = [prefix.as_slice(), &from.to_be_bytes()].concat();
+        let direction = if reverse {
+            Direction::Reverse
+        } else {
+            Direction::Forward
+        };
+        self.db
+            .iterator_cf(self.cf(cf::INDEX), IteratorMode::From(&start, direction))
+            .map(|item| item.map_err(StoreError::from))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(|item| {
+                let (k, _) = item?;
+                let seq = k[k.len().saturating_sub(8)..]
+                    .try_into()
+                    .ok()
+                    .map(Seq::from_be_bytes);
+                seq.ok_or(StoreError::Corrupt { what: "index key" })
+            })
+            // In reverse the seek lands on `from` itself when it is indexed: below means below.
+            .filter(move |seq| !reverse || seq.as_ref().map_or(true, |s| *s < from))
+    }
+
+    /// Does the `index` column family cover every entry ([`MetaKey::EventIndex`])?
+    pub fn has_event_index(&self) -> Result<bool, StoreError> {
+        Ok(self.meta(MetaKey::EventIndex)?.is_some())
+    }
+
     /// Every key and value of a column family, in key order.
     pub fn scan(
         &self,
@@ -335,6 +370,14 @@ impl Store {
     pub fn raw_put(&self, cf_name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf_name), key, value);
+        self.commit(batch)
+    }
+
+    /// Low-level removal of one value, for tamper tests and tools.
+    #[doc(hidden)]
+    pub fn raw_delete(&self, cf_name: &str, key: &[u8]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(cf_name), key);
         self.commit(batch)
     }
 
