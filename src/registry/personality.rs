@@ -105,6 +105,13 @@ fn nonce_key(actor: &str, nonce: &str) -> Vec<u8> {
     [actor.as_bytes(), &[0], nonce.as_bytes()].concat()
 }
 
+/// The `index` keys of the entry `seq` holding `st`: its actor, and its prompt if it has one.
+fn index_keys(st: &Statement, seq: Seq) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let prompt = st.action.prompt();
+    std::iter::once(index_key(IndexTag::Actor, &st.actor, seq))
+        .chain(prompt.map(|p| index_key(IndexTag::Prompt, p, seq)))
+}
+
 impl Registry {
     /// Loads the projection stored beside the log (no replay).
     pub fn load(store: &Store) -> Result<Registry, StoreError> {
@@ -169,17 +176,8 @@ impl Registry {
             let (seq, bytes) = item?;
             let entry = Entry::decode(&bytes).map_err(|_| StoreError::Corrupt { what: "entry" })?;
             if let Ok(st) = Statement::from_payload(&entry.envelope.payload) {
-                batch.put_cf(
-                    store.cf(cf::INDEX),
-                    index_key(IndexTag::Actor, &st.actor, seq),
-                    [],
-                );
-                if let Some(prompt) = st.action.prompt() {
-                    batch.put_cf(
-                        store.cf(cf::INDEX),
-                        index_key(IndexTag::Prompt, prompt, seq),
-                        [],
-                    );
+                for key in index_keys(&st, seq) {
+                    batch.put_cf(store.cf(cf::INDEX), key, []);
                 }
             }
             indexed += 1;
@@ -249,17 +247,8 @@ impl Personality for Registry {
             batch.put(cf::STATE, row.encode(), json);
         }
         // The audit API's indexes, in the same batch as the entry (docs/ledger-format.md §9).
-        batch.put(
-            cf::INDEX,
-            index_key(IndexTag::Actor, &sub.statement.actor, entry.seq),
-            [],
-        );
-        if let Some(prompt) = sub.statement.action.prompt() {
-            batch.put(
-                cf::INDEX,
-                index_key(IndexTag::Prompt, prompt, entry.seq),
-                [],
-            );
+        for key in index_keys(&sub.statement, entry.seq) {
+            batch.put(cf::INDEX, key, []);
         }
         if entry.seq == 0 {
             // A ledger indexed from its genesis on.
